@@ -1,0 +1,131 @@
+"""The ``classification`` postprocessing kind: class scores -> top-k labels.
+
+The output row (batch 0, all other axes flattened) holds one score per class. With
+``softmax`` the scores are logits and go through a numerically stable softmax; otherwise they
+are taken as probabilities. Predictions are the ``top_k`` classes (all when ``top_k <= 0``)
+whose confidence is at least ``threshold``, best first (ties: lower class id first). Details:
+the top-1 ``confidence``, the Shannon ``entropy`` (nats) of the whole distribution, and
+``num_classes``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from postprocessing.base import Options, PostprocessingError, Result, register
+from registry.metadata import ClassificationPostprocessing, Dim, ModelMetadata
+
+
+def output_tensor(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The named model output, which must be a numeric tensor."""
+    try:
+        arr = outputs[name]
+    except KeyError:
+        raise PostprocessingError(
+            f"model output {name!r} is missing; the run gave {sorted(outputs)}"
+        ) from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise PostprocessingError(f"model output {name!r} is not a numeric tensor")
+    return arr
+
+
+def declared_classes(shape: list[Dim]) -> int | None:
+    """Classes per row from a declared output shape (all axes after the batch), if fixed."""
+    dims = shape[1:] if len(shape) > 1 else shape
+    if not dims or not all(isinstance(d, int) for d in dims):
+        return None
+    return math.prod(d for d in dims if isinstance(d, int))
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax of a 1-D float64 array, shifted by its maximum so ``exp`` cannot overflow."""
+    e = np.exp(scores - scores.max())
+    e /= e.sum()
+    return e
+
+
+def entropy(probs: np.ndarray) -> float:
+    """Shannon entropy in nats; negative values count as 0 and the rest are renormalised."""
+    p = np.clip(probs, 0.0, None)
+    total = p.sum()
+    if total <= 0:
+        return 0.0
+    p = p[p > 0] / total
+    return float(-(p * np.log(p)).sum())
+
+
+def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, largest first (ties: lower index first)."""
+    if k >= probs.size:
+        idx = np.arange(probs.size)
+    else:
+        kth = -np.partition(-probs, k - 1)[k - 1]
+        above = np.flatnonzero(probs > kth)
+        idx = np.concatenate([above, np.flatnonzero(probs == kth)[: k - above.size]])
+    return idx[np.lexsort((idx, -probs[idx]))]
+
+
+class ClassificationPostprocessor:
+    """Top-k classes with confidences, for one model's labels."""
+
+    def __init__(self, metadata: ModelMetadata, labels: list[str] | None) -> None:
+        spec = metadata.postprocessing
+        assert isinstance(spec, ClassificationPostprocessing)
+        out = metadata.output_spec(spec.output)
+        self._name = out.name
+        self._softmax = spec.softmax
+        self._labels = labels
+        n = declared_classes(out.shape)
+        if labels is not None and n is not None and len(labels) != n:
+            raise PostprocessingError(
+                f"{len(labels)} labels for output {out.name!r}, which has {n} classes"
+            )
+
+    def __call__(
+        self, outputs: dict[str, np.ndarray], context: dict[str, Any], options: Options
+    ) -> Result:
+        """Predictions and details for one run (batch of 1)."""
+        arr = output_tensor(outputs, self._name)
+        if arr.ndim == 0 or (arr.ndim > 1 and arr.shape[0] != 1):
+            raise PostprocessingError(
+                f"model output {self._name!r} has shape {list(arr.shape)}; "
+                "expected [1, classes] (a batch of 1)"
+            )
+        scores = (arr[0] if arr.ndim > 1 else arr).reshape(-1).astype(np.float64)
+        n = scores.size
+        if n == 0:
+            raise PostprocessingError(f"model output {self._name!r} is empty")
+        if self._labels is not None and len(self._labels) != n:
+            raise PostprocessingError(
+                f"{len(self._labels)} labels for output {self._name!r}, which has {n} classes"
+            )
+        if not np.isfinite(scores).all():
+            raise PostprocessingError(f"model output {self._name!r} has non-finite values")
+        probs = softmax(scores) if self._softmax else scores
+        k = n if options.top_k <= 0 else min(options.top_k, n)
+        predictions = [
+            {
+                "class": self._labels[i] if self._labels is not None else str(i),
+                "confidence": float(probs[i]),
+                "class_id": int(i),
+            }
+            for i in top_indices(probs, k)
+            if probs[i] >= options.threshold
+        ]
+        details = {
+            "confidence": float(probs.max()),
+            "entropy": entropy(probs),
+            "num_classes": n,
+        }
+        return Result(predictions=predictions, details=details)
+
+
+@register("classification")
+def classification_postprocessor(
+    metadata: ModelMetadata, labels: list[str] | None
+) -> ClassificationPostprocessor:
+    """Factory for ``postprocessing.kind == "classification"``."""
+    return ClassificationPostprocessor(metadata, labels)

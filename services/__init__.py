@@ -1,0 +1,8 @@
+"""cidserve's gateway and inference service."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cidserve")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
