@@ -44,6 +44,7 @@ from services.http import BodyLimitMiddleware, JSONResponse
 from services.inference import InferenceService
 from services.licensing import Anonymous, Authenticator, LicenseBackend, LicenseGate, NoLicensing
 from services.loader import LoadLimits, ModelInvalid, ModelLoader
+from services.metrics import Metrics
 from services.runtime import SessionConfig, select_providers
 from services.session_cache import SessionCache
 from services.settings import Settings
@@ -61,6 +62,7 @@ class Services:
     licensing: LicenseBackend
     authenticator: Authenticator
     cache: SessionCache
+    metrics: Metrics
     loader: ModelLoader
     inference: InferenceService
     codec_limits: CodecLimits
@@ -96,6 +98,7 @@ def build_services(
     index = index or InMemoryModelIndex()
     licensing = licensing or NoLicensing()
     authenticator = authenticator or Anonymous()
+    metrics = Metrics()
     cache = SessionCache(settings.max_models_in_memory, settings.max_cache_bytes)
     inference_pool = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="ort-run")
     pre_pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
@@ -138,6 +141,7 @@ def build_services(
         licensing=licensing,
         authenticator=authenticator,
         cache=cache,
+        metrics=metrics,
         loader=loader,
         inference=inference,
         codec_limits=CodecLimits(settings.max_base64_chars, settings.max_tensor_elements),

@@ -1,0 +1,98 @@
+"""A small key-value interface for state that may be shared between replicas.
+
+Used for the prediction cache, the license-check cache, the replay (nonce) store and the
+model index. :class:`MemoryKV` serves one process (embedded defaults); a Redis-backed
+implementation gives every replica the same state through the same interface.
+
+Implementations raise :class:`KVUnavailable` when the backend cannot answer (in time); the
+callers decide what that means (a cache bypasses, a nonce store fails closed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+
+class KVUnavailable(Exception):
+    """The key-value backend did not answer (down, slow, or reconnecting)."""
+
+
+class KeyValueStore(Protocol):
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
+
+    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
+        """Set only if absent; True when this call set it (``SET NX EX``)."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def health(self) -> dict[str, object]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryKV:
+    """In-process store: TTL per entry, bounded by entry count and total value bytes (LRU)."""
+
+    name = "memory"
+
+    def __init__(self, max_entries: int = 10_000, max_bytes: int = 256 << 20) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _expired(self, key: str, now: float) -> bool:
+        entry = self._data.get(key)
+        if entry is None:
+            return True
+        if entry[0] <= now:
+            self._drop(key)
+            return True
+        return False
+
+    def _drop(self, key: str) -> None:
+        _, value = self._data.pop(key)
+        self._bytes -= len(value)
+
+    async def get(self, key: str) -> bytes | None:
+        if self._expired(key, time.monotonic()):
+            return None
+        self._data.move_to_end(key)
+        return self._data[key][1]
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        if key in self._data:
+            self._drop(key)
+        if len(value) > self.max_bytes:
+            return
+        self._data[key] = (time.monotonic() + ttl_s, value)
+        self._bytes += len(value)
+        while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._data)))
+
+    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
+        if not self._expired(key, time.monotonic()):
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
+    async def delete(self, key: str) -> None:
+        if key in self._data:
+            self._drop(key)
+
+    async def health(self) -> dict[str, object]:
+        return {"status": "ok", "kind": "memory", "entries": len(self._data)}
+
+    async def aclose(self) -> None:
+        self._data.clear()
+        self._bytes = 0

@@ -1,0 +1,142 @@
+"""Every Prometheus metric cidserve exports, in one place.
+
+A :class:`Metrics` instance belongs to one app (``Services.metrics``) and registers its
+metrics in its own :class:`~prometheus_client.CollectorRegistry`, so two apps in one process
+do not collide. When ``PROMETHEUS_MULTIPROC_DIR`` is set (several worker processes), values
+are written to that directory by every process and ``GET /metrics`` aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Request latencies on a CPU inference server: sub-millisecond cache hits to multi-second
+# cold paths.
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+STAGES = ("queue", "preprocess", "inference", "postprocess", "total")
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when several worker processes share metrics."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The metric objects; see the module docstring."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "cidserve_requests_total",
+            "HTTP requests handled.",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "cidserve_request_duration_seconds",
+            "Time per inference request stage (queue, preprocess, inference, postprocess, total).",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_load_duration = Histogram(
+            "cidserve_model_load_duration_seconds",
+            "Model load time by where the model bytes came from (memory, disk_cache, ipfs, local).",
+            ["source"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.models_loaded = Gauge(
+            "cidserve_models_loaded",
+            "Models in the session cache.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.session_cache_hits = Counter(
+            "cidserve_session_cache_hits_total",
+            "Requests whose model was in memory.",
+            registry=r,
+        )
+        self.session_cache_misses = Counter(
+            "cidserve_session_cache_misses_total",
+            "Requests or loads whose model was not in memory.",
+            registry=r,
+        )
+        self.session_cache_evictions = Counter(
+            "cidserve_session_cache_evictions_total",
+            "Models evicted from the session cache.",
+            registry=r,
+        )
+        self.prediction_cache_hits = Counter(
+            "cidserve_prediction_cache_hits_total",
+            "Replies served from the prediction cache.",
+            registry=r,
+        )
+        self.prediction_cache_misses = Counter(
+            "cidserve_prediction_cache_misses_total",
+            "Cacheable requests not found in the prediction cache.",
+            registry=r,
+        )
+        self.prediction_cache_errors = Counter(
+            "cidserve_prediction_cache_errors_total",
+            "Prediction-cache operations that failed (backend down or slow).",
+            registry=r,
+        )
+        self.license_checks = Counter(
+            "cidserve_license_checks_total",
+            "License checks by result (valid, invalid, cached_valid, cached_invalid, error).",
+            ["result"],
+            registry=r,
+        )
+        self.ipfs_bytes_fetched = Counter(
+            "cidserve_ipfs_bytes_fetched_total",
+            "Bytes fetched from IPFS (verified or not).",
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            "cidserve_inflight_requests",
+            "Inference requests being handled now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.batch_size = Histogram(
+            "cidserve_batch_size",
+            "Requests per session.run (dynamic batching).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """The registry ``GET /metrics`` renders: this one, or the multiprocess aggregate."""
+        path = multiprocess_dir()
+        if path is None:
+            return self.registry
+        aggregate = CollectorRegistry()
+        MultiProcessCollector(aggregate, path=path)
+        return aggregate
