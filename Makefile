@@ -28,6 +28,7 @@ $(NODE_STAMP): package.json package-lock.json
 	touch $(NODE_STAMP)
 
 test: $(STAMP) $(NODE_STAMP)
+	bash scripts/ci-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

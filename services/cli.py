@@ -7,22 +7,26 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from pydantic import ValidationError
 
+from registry.store import ContentStore, ContentStoreError
 from services.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from services.app import Services
 
 log = logging.getLogger("cidserve")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "auto") -> None:
+    from services.observability import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _load_json_file(path: str | None) -> object:
@@ -32,7 +36,6 @@ def _load_json_file(path: str | None) -> object:
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from registry.local_store import LocalContentStore
     from registry.metadata import Postprocessing, Preprocessing
     from registry.publish import publish_model
 
@@ -46,9 +49,18 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     except ValidationError as exc:
         print(f"cidserve publish: invalid spec: {exc.errors()[0]}", file=sys.stderr)
         return 2
+    minter = None
+    if args.mint:
+        from services.chain.commands import CommandError, minting_client
+
+        try:
+            minter = minting_client(settings)  # configuration checked before publishing
+        except CommandError as exc:
+            print(f"cidserve publish --mint: {exc}", file=sys.stderr)
+            return exc.code
 
     async def run() -> int:
-        store = LocalContentStore(settings.store_dir)
+        store = _publish_store(args, settings)
         try:
             result = await publish_model(
                 store,
@@ -65,17 +77,125 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             )
         finally:
             await store.aclose()
+        doc = result.to_json()
+        if minter is not None:
+            doc.update(await _mint(minter, result.metadata_cid, args.mint_to))
         if args.json:
-            print(json.dumps(result.to_json()))
+            print(json.dumps(doc))
         else:
             print(result.metadata_cid)
-        return 0
+            if "tokenId" in doc:
+                print(f"tokenId {doc['tokenId']}")
+        return 0 if minter is None or "tokenId" in doc else 1
 
     try:
         return asyncio.run(run())
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ContentStoreError) as exc:
         print(f"cidserve publish: {exc}", file=sys.stderr)
         return 1
+
+
+def _publish_store(args: argparse.Namespace, settings: Settings) -> ContentStore:
+    """Where ``publish`` stores content: the IPFS node (``--ipfs-api`` or
+    CIDSERVE_IPFS_API_URL), with a progress bar on stderr for large files; else the embedded
+    store. Both give the same CIDs."""
+    from registry.local_store import LocalContentStore
+
+    api_url = args.ipfs_api or settings.ipfs_api_url
+    if api_url is None:
+        return LocalContentStore(settings.store_dir)
+    from registry.blob_cache import BlobCache
+    from registry.ipfs_store import IpfsContentStore
+    from services.app import ipfs_config
+
+    return IpfsContentStore(
+        ipfs_config(settings, api_url=api_url),
+        BlobCache(settings.blob_cache_path, settings.blob_cache_max_bytes),
+        progress=_ProgressBar.factory(sys.stderr),
+    )
+
+
+def _http_url(value: str) -> str:
+    """An ``http(s)://host[:port]`` URL argument."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    return value.strip().rstrip("/")
+
+
+class _ProgressBar:
+    """Upload progress on stderr for files of ``MIN_BYTES`` or more.
+
+    On a terminal one line is redrawn (at most ten times a second); otherwise (a log, a pipe)
+    a line is written at every tenth of the file, so the output stays short.
+    """
+
+    MIN_BYTES = 4 << 20
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO, name: str, total: int | None) -> None:
+        self.stream = stream
+        self.name = name
+        self.total = total
+        self.done = 0
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._last_draw = 0.0
+        self._last_tenth = -1
+
+    @classmethod
+    def factory(cls, stream: TextIO) -> Callable[[str, int | None], _ProgressBar | _NoProgress]:
+        def make(name: str, total: int | None) -> _ProgressBar | _NoProgress:
+            if total is None or total < cls.MIN_BYTES:
+                return _NoProgress()
+            return cls(stream, name, total)
+
+        return make
+
+    def update(self, n: int) -> None:
+        self.done += n
+        total = self.total or 1
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw >= 0.1 or self.done >= total:
+                self._last_draw = now
+                self._draw("\r")
+        else:
+            tenth = min(10, self.done * 10 // total)
+            if tenth != self._last_tenth:
+                self._last_tenth = tenth
+                self._draw("")
+
+    def _draw(self, prefix: str) -> None:
+        total = self.total or 1
+        frac = min(1.0, self.done / total)
+        filled = int(frac * self.WIDTH)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
+        line = (
+            f"{prefix}adding {self.name} [{bar}] {frac * 100:5.1f}% "
+            f"{self.done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s"
+        )
+        self.stream.write(line if self.tty else line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self._draw("\r")
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _NoProgress:
+    """No progress shown (a small file)."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,7 +219,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from services.app import build_services, create_app
     from services.runtime import ProviderUnavailable
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        print(f"cidserve: --workers must be 1..64, got {args.workers}", file=sys.stderr)
+        return 2
+    given = (("host", args.host), ("port", args.port), ("workers", args.workers))
+    overrides = {k: v for k, v in given if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
     try:
@@ -107,6 +231,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     except ProviderUnavailable as exc:
         print(f"cidserve: CIDSERVE_REQUIRE_GPU is set but {exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return _serve_workers(args, settings, services)
     if args.demo:
         from services.demo import curl_lines, prepare_demo
 
@@ -131,10 +257,64 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=settings.log_level == "debug",
+        log_config=None,  # our handlers and format (services/observability.py)
+        access_log=False,  # the request middleware writes the access line
         server_header=False,
     )
     return 0
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, services: Services) -> int:
+    """``--workers N``: N uvicorn worker processes, metrics aggregated across them."""
+    import os
+
+    import uvicorn
+
+    from services.workers import ENV_DEMO_CID, MultiprocessMetricsDir
+
+    if args.demo:
+        from services.demo import curl_lines, prepare_demo
+
+        demo = asyncio.run(prepare_demo(settings.data_dir, settings.models_dir, services.store))
+        os.environ[ENV_DEMO_CID] = demo.metadata_cid
+        lines = "\n".join(curl_lines(f"http://{settings.host}:{settings.port}", demo))
+        print(
+            f"\ncidserve demo: model {demo.model_id} (metadataCid {demo.metadata_cid}) loads in "
+            f"each of {settings.workers} workers. Once they are up, try:\n{lines}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    # The parent only supervises: its parts served the start-up checks and the demo.
+    try:
+        asyncio.run(services.aclose())
+    except Exception as exc:
+        log.debug("closing the parent's services: %s", exc)
+    with MultiprocessMetricsDir() as metrics_dir:
+        log.info("%d worker processes; metrics aggregated in %s", settings.workers, metrics_dir)
+        uvicorn.run(
+            "services.workers:worker_app",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    return 0
+
+
+async def _mint(minter: object, metadata_cid: str, to: str | None) -> dict[str, object]:
+    """``publish --mint``: mint a token for the published metadata CID."""
+    from services.chain.commands import mint_token
+    from services.chain.deploy import ContractReverted
+
+    try:
+        return await asyncio.to_thread(mint_token, minter, metadata_cid, to)
+    except (ContractReverted, OSError, ValueError) as exc:
+        print(f"cidserve publish: published {metadata_cid}, mint failed: {exc}", file=sys.stderr)
+        return {"mintError": str(exc)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export, publish and load the ImageNet EfficientNet-Lite0 demo model",
     )
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (CIDSERVE_WORKERS; default 1); /metrics adds them up",
+    )
     s.set_defaults(func=cmd_serve)
 
     pub = sub.add_parser("publish", help="store an ONNX model, its labels and metadata")
@@ -168,6 +353,20 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--postprocessing", help="JSON file with a full postprocessing spec")
     pub.add_argument("--no-cache-predictions", action="store_true")
     pub.add_argument("--json", action="store_true", help="print a JSON object")
+    pub.add_argument(
+        "--mint",
+        action="store_true",
+        help="then mint a license token naming the metadata CID (CIDSERVE_CHAIN_RPC_URL, "
+        "CIDSERVE_LICENSE_CONTRACT, key from CIDSERVE_PRIVATE_KEY or CIDSERVE_KEYSTORE)",
+    )
+    pub.add_argument("--mint-to", metavar="ADDRESS", help="token owner (default: the signer)")
+    pub.add_argument(
+        "--ipfs-api",
+        metavar="URL",
+        type=_http_url,
+        help="add and pin to this IPFS node's RPC API (default: CIDSERVE_IPFS_API_URL; "
+        "unset: the embedded store)",
+    )
     pub.set_defaults(func=cmd_publish)
 
     ex = sub.add_parser("export", help="export a reference model to ONNX (needs [export])")
@@ -176,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="resnet18: weight seed")
     ex.add_argument("--labels", help="also write the ImageNet labels (JSON) here")
     ex.set_defaults(func=cmd_export)
+
+    from services.chain.commands import add_commands
+
+    add_commands(sub)  # chain deploy|mint, license grant|revoke|check|buy|price|withdraw, sign
     return p
 
 
@@ -186,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"cidserve: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings.log_level, settings.log_format)
     return int(args.func(args, settings))
 
 

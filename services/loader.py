@@ -14,14 +14,16 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import postprocessing
 import preprocessing
 from registry.index import ModelIndex, model_id_for
 from registry.metadata import MetadataError, ModelMetadata, parse_labels, parse_metadata
 from registry.store import ContentIntegrityError, ContentStore
+from services.batching import BatchPolicy
 from services.licensing import LicenseBackend
+from services.observability import note_model
 from services.runtime import (
     ModelRunner,
     SessionConfig,
@@ -30,6 +32,9 @@ from services.runtime import (
     warmup_feeds,
 )
 from services.session_cache import LoadedModel, SessionCache
+
+if TYPE_CHECKING:
+    from services.metrics import Metrics
 
 log = logging.getLogger("cidserve.loader")
 
@@ -67,6 +72,8 @@ class ModelLoader:
         inference_executor: Executor,
         load_limits: LoadLimits,
         input_limits: preprocessing.Limits,
+        metrics: Metrics | None = None,
+        batching: BatchPolicy | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -78,6 +85,8 @@ class ModelLoader:
         self.input_limits = input_limits
         self._inflight: dict[str, asyncio.Future[LoadOutcome]] = {}
         self.loads_started = 0
+        self.metrics = metrics
+        self.batching = batching
 
     def find_by_cid(self, metadata_cid: str) -> LoadedModel | None:
         return next((m for m in self.cache.models() if m.metadata_cid == metadata_cid), None)
@@ -91,6 +100,8 @@ class ModelLoader:
         loaded = self.find_by_cid(metadata_cid)
         if loaded is not None and loaded.token_id == token_id:
             self.cache.get(loaded.model_id)
+            self._observe_load("memory", 0.0)
+            note_model(loaded.model_id)
             return LoadOutcome(loaded, "already_loaded", 0.0)
         pending = self._inflight.get(metadata_cid)
         if pending is None:
@@ -98,7 +109,24 @@ class ModelLoader:
             self._inflight[metadata_cid] = pending
             pending.add_done_callback(lambda _f: self._inflight.pop(metadata_cid, None))
         # Shield: a client that disconnects must not cancel a load others are waiting for.
-        return await asyncio.shield(pending)
+        outcome = await asyncio.shield(pending)
+        note_model(outcome.model.model_id)
+        return outcome
+
+    def _observe_load(self, source: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.model_load_duration.labels(source).observe(seconds)
+
+    async def _source(self, cid: str) -> str:
+        """Where the model bytes of this load come from: ``local`` (the embedded store),
+        ``disk_cache`` (a remote store's local copy) or the remote store's name (``ipfs``)."""
+        if self.store.name == "local":
+            return "local"
+        try:
+            cached = await self.store.has(cid)
+        except Exception:  # a store that cannot tell is fetched from
+            cached = False
+        return "disk_cache" if cached else self.store.name
 
     async def _load(self, metadata_cid: str, token_id: int | None, warmup: bool) -> LoadOutcome:
         self.loads_started += 1
@@ -112,11 +140,13 @@ class ModelLoader:
                 f"model is {metadata.model.size} bytes; the limit is {limits.max_model_bytes} "
                 "(CIDSERVE_MAX_MODEL_BYTES)"
             )
+        source = await self._source(metadata.model.cid)
         path = await self.store.get_path(metadata.model.cid, limits.max_model_bytes)
         model_id = model_id_for(metadata.name, metadata_cid)
         model, fallback = await asyncio.to_thread(
             self._build, model_id, metadata_cid, token_id, metadata, labels, path, warmup, t0
         )
+        self._observe_load(source, model.load_time_ms / 1000)
         evicted = self.cache.put(model)
         for old in evicted:
             log.info("evicted %s from the session cache (LRU)", old.model_id)
@@ -127,7 +157,7 @@ class ModelLoader:
             version=metadata.version,
             token_id=token_id,
             load_ms=model.load_time_ms,
-            source=self.store.name,
+            source=source,
         )
         log.info(
             "loaded %s (%s %s) from %s in %.1f ms on %s%s",
@@ -191,7 +221,13 @@ class ModelLoader:
             post = postprocessing.create(metadata, labels)
         except ValueError as exc:
             raise ModelInvalid(f"model {model_id}: {exc}") from exc
-        runner = ModelRunner(session, self.inference_executor)
+        runner = ModelRunner(
+            session,
+            self.inference_executor,
+            batching=self.batching,
+            model_id=model_id,
+            metrics=self.metrics,
+        )
         if warmup:
             try:
                 runner.run_blocking(warmup_feeds(session, metadata))

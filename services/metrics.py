@@ -113,6 +113,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.signature_checks = Counter(
+            "cidserve_signature_checks_total",
+            "Signed requests by result (ok, missing, malformed, stale, forged, replay).",
+            ["result"],
+            registry=r,
+        )
         self.ipfs_bytes_fetched = Counter(
             "cidserve_ipfs_bytes_fetched_total",
             "Bytes fetched from IPFS (verified or not).",
@@ -120,7 +126,7 @@ class Metrics:
         )
         self.inflight_requests = Gauge(
             "cidserve_inflight_requests",
-            "Inference requests being handled now.",
+            "Requests being handled now (health probes and scrapes excluded).",
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -131,6 +137,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        # Known outcomes start at 0: dashboards and alerts see the series before the first
+        # event, and rate() has a starting point.
+        for result in ("valid", "invalid", "cached_valid", "cached_invalid", "error"):
+            self.license_checks.labels(result)
+        for result in ("ok", "missing", "malformed", "stale", "forged", "replay"):
+            self.signature_checks.labels(result)
 
     def exposition_registry(self) -> CollectorRegistry:
         """The registry ``GET /metrics`` renders: this one, or the multiprocess aggregate."""

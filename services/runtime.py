@@ -13,12 +13,16 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from registry.metadata import ModelMetadata
+from services.batching import BatchPolicy, DynamicBatcher, batchable
+
+if TYPE_CHECKING:
+    from services.metrics import Metrics
 
 log = logging.getLogger("cidserve.runtime")
 
@@ -80,13 +84,35 @@ class SessionConfig:
     require_gpu: bool = False
     cuda_device_id: int = 0
     intra_op_threads: int = 0
+    # Where optimized graphs are kept (services/optimized_cache.py); None: not cached.
+    optimized_cache_dir: Path | None = None
+    # ONNX Runtime's intra-op threads spin while waiting for work (see docs/PERFORMANCE.md).
+    allow_spinning: bool = True
+
+
+def session_options(config: SessionConfig, *, optimize: bool = True) -> ort.SessionOptions:
+    """The options every session gets; ``optimize=False`` for a graph optimized already."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    if config.intra_op_threads:
+        opts.intra_op_num_threads = config.intra_op_threads
+    if not config.allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
 
 
 def create_session(
-    path: Path, config: SessionConfig
+    path: Path, config: SessionConfig, *, sha256: str | None = None
 ) -> tuple[ort.InferenceSession, str, str | None]:
     """Create a session from a model file (blocking: call from a worker thread).
 
+    With ``config.optimized_cache_dir`` and the file's ``sha256``, a CPU session starts from
+    the optimized graph cached on disk (and caches it on the first load).
     Returns the session, the provider that actually runs it, and the CPU-fallback reason if any.
     """
     choice = select_providers(
@@ -95,12 +121,15 @@ def create_session(
         device_id=config.cuda_device_id,
         require_gpu=config.require_gpu,
     )
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if config.intra_op_threads:
-        opts.intra_op_num_threads = config.intra_op_threads
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=choice.providers)
+    if config.optimized_cache_dir is not None and sha256 and choice.providers == [CPU]:
+        from services.optimized_cache import OptimizedGraphCache
+
+        cache = OptimizedGraphCache(config.optimized_cache_dir)
+        session = cache.session(path, sha256, config, choice.providers)
+    else:
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(config), providers=choice.providers
+        )
     active = session.get_providers()[0]
     return session, active, choice.fallback_reason
 
@@ -154,12 +183,41 @@ def warmup_feeds(session: ort.InferenceSession, metadata: ModelMetadata) -> dict
 
 
 class ModelRunner:
-    """Runs one session in a shared, bounded thread pool with a per-call deadline."""
+    """Runs one session in a shared, bounded thread pool with a per-call deadline.
 
-    def __init__(self, session: ort.InferenceSession, executor: Executor) -> None:
+    With a :class:`~services.batching.BatchPolicy` and a dynamic batch dimension
+    (:func:`~services.batching.batchable`), concurrent calls are batched into one run."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        executor: Executor,
+        *,
+        batching: BatchPolicy | None = None,
+        model_id: str = "",
+        metrics: Metrics | None = None,
+    ) -> None:
         self.session = session
         self._executor = executor
         self.output_names = [o.name for o in session.get_outputs()]
+        self.batcher: DynamicBatcher | None = None
+        if batching is not None and batching.enabled and batchable(session):
+            self.batcher = DynamicBatcher(
+                self._session_run,
+                self.output_names,
+                executor,
+                batching,
+                model_id=model_id,
+                metrics=metrics,
+            )
+        self._batch_hist = (
+            metrics.batch_size.labels(model_id) if metrics is not None and model_id else None
+        )
+
+    def _session_run(
+        self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions
+    ) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds, run_options)
 
     def _run(
         self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions, deadline: float
@@ -182,6 +240,10 @@ class ModelRunner:
         Raises :class:`RunTimeout` when the deadline passes (queued or running: a running
         call is told to terminate, which frees its worker within milliseconds).
         """
+        if self.batcher is not None and self.batcher.accepts(feeds):
+            return await self.batcher.submit(feeds, timeout_s)
+        if self._batch_hist is not None:
+            self._batch_hist.observe(1)
         loop = asyncio.get_running_loop()
         run_options = ort.RunOptions()
         deadline = time.monotonic() + timeout_s

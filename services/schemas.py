@@ -93,6 +93,11 @@ class ExecuteResponse(BaseModel):
     predictions: list[Prediction]
     details: dict[str, Any]
     metrics: Metrics
+    cache: Literal["hit", "miss", "bypass"] = Field(
+        description="prediction cache: hit (served from the cache, no inference), miss "
+        "(computed and stored), bypass (not cached: disabled, opted out, or cache unavailable); "
+        "also in the X-Cache header"
+    )
 
 
 class ErrorResponse(BaseModel):

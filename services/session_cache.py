@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime as ort
 
@@ -19,6 +19,9 @@ from postprocessing.base import Postprocessor
 from preprocessing.base import Preprocessor
 from registry.metadata import ModelMetadata
 from services.runtime import ModelRunner
+
+if TYPE_CHECKING:
+    from services.metrics import Metrics
 
 
 @dataclass(slots=True, eq=False)
@@ -64,13 +67,19 @@ class LoadedModel:
 
 
 class SessionCache:
-    """LRU over :class:`LoadedModel`; ``on_evict`` is told about every model pushed out."""
+    """LRU over :class:`LoadedModel`; ``on_evict`` is told about every model pushed out.
+
+    With ``metrics``, hits, misses and evictions are also counted in
+    ``cidserve_session_cache_{hits,misses,evictions}_total`` and the number of models in
+    ``cidserve_models_loaded``.
+    """
 
     def __init__(
         self,
         max_models: int,
         max_bytes: int | None = None,
         on_evict: Callable[[LoadedModel], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if max_models < 1:
             raise ValueError("max_models must be at least 1")
@@ -81,6 +90,7 @@ class SessionCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        self._metrics = metrics
 
     def __len__(self) -> int:
         return len(self._models)
@@ -97,9 +107,13 @@ class SessionCache:
         model = self._models.get(model_id)
         if model is None:
             self.misses += 1
+            if self._metrics is not None:
+                self._metrics.session_cache_misses.inc()
             return None
         self._models.move_to_end(model_id)
         self.hits += 1
+        if self._metrics is not None:
+            self._metrics.session_cache_hits.inc()
         return model
 
     def peek(self, model_id: str) -> LoadedModel | None:
@@ -121,10 +135,17 @@ class SessionCache:
             self.evictions += 1
             if self._on_evict:
                 self._on_evict(old)
+        if self._metrics is not None:
+            if evicted:
+                self._metrics.session_cache_evictions.inc(len(evicted))
+            self._metrics.models_loaded.set(len(self._models))
         return evicted
 
     def remove(self, model_id: str) -> LoadedModel | None:
-        return self._models.pop(model_id, None)
+        model = self._models.pop(model_id, None)
+        if self._metrics is not None:
+            self._metrics.models_loaded.set(len(self._models))
+        return model
 
     def models(self) -> list[LoadedModel]:
         """Least recently used first."""

@@ -17,6 +17,7 @@ from registry.publish import PublishResult, publish_model
 from services.app import Services, build_services, create_app
 from services.settings import Settings
 from tests.harness import ServerThread
+from tests.ipfs_node import IpfsNode
 
 CAT_LABELS = {"tiger cat", "Egyptian cat", "tabby"}
 
@@ -60,6 +61,16 @@ def efficientnet(store: LocalContentStore, efficientnet_onnx: Path) -> PublishRe
 
 
 @pytest.fixture(scope="session")
+def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IpfsNode]:
+    """A real IPFS node (js-ipfs, Kubo RPC API + gateway) for the session (tests/ipfs_node.py)."""
+    node = IpfsNode(tmp_path_factory.mktemp("ipfs"))
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
     return {
         "chelsea": samples.sample_image_bytes("chelsea"),
@@ -79,8 +90,11 @@ def make_settings(workdir: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="session")
 def gateway(workdir: Path, store: LocalContentStore) -> Iterator[Gateway]:
-    """The gateway on embedded defaults, serving from the session's content store."""
-    settings = make_settings(workdir)
+    """The gateway on embedded defaults, serving from the session's content store.
+
+    Its prediction cache is off, so every request runs the model (the cache has its own
+    tests in tests/test_redis_cache.py)."""
+    settings = make_settings(workdir, prediction_cache=False)
     services = build_services(settings, store=store)
     with (
         ServerThread(create_app(settings, services)) as srv,
@@ -101,7 +115,7 @@ def effnet_id(gateway: Gateway, efficientnet: PublishResult) -> str:
 @pytest.fixture
 def private_gateway(workdir: Path, store: LocalContentStore, request: pytest.FixtureRequest):
     """A fresh gateway (own session cache) on the shared store; settings via indirect param."""
-    overrides = getattr(request, "param", {}) or {}
+    overrides = {"prediction_cache": False, **(getattr(request, "param", {}) or {})}
     settings = make_settings(workdir, **overrides)
     services = build_services(settings, store=store)
     with (

@@ -53,12 +53,22 @@ async def ready(svc: Svc) -> JSONResponse:
         "content_store": await _safe(svc.store.health),
         "licensing": await _safe(svc.licensing.health),
     }
+    # Shared state: a Redis that is down degrades the service (no shared cache) but does not
+    # take it out of rotation; the in-process store is always there.
+    deps[svc.kv.name] = await _safe(svc.kv.health)
     down = [name for name, d in deps.items() if d.get("status") == "down"]
-    body = {
-        "status": "unavailable" if down else "ready",
+    degraded = [name for name, d in deps.items() if d.get("status") == "degraded"]
+    body: dict[str, Any] = {
+        "status": "unavailable" if down else "degraded" if degraded else "ready",
         "dependencies": deps,
         "models_loaded": len(svc.cache),
     }
+    if degraded:
+        body["degraded"] = degraded
     if down:
         body["message"] = "dependencies down: " + ", ".join(down)
+    elif degraded:
+        body["message"] = "serving, degraded: " + ", ".join(
+            f"{name} ({deps[name].get('message', 'degraded')})" for name in degraded
+        )
     return JSONResponse(body, status_code=503 if down else 200)

@@ -31,7 +31,11 @@ class _RequestView:
 
     def __init__(self, request: Request, body: bytes) -> None:
         self.method = request.method
-        self.path = request.url.path
+        # The request target as sent (path + ?query): what a signed request's signature covers.
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else request.url.path
+        query = request.scope.get("query_string", b"")
+        self.path = f"{path}?{query.decode('latin-1')}" if query else path
         self.headers = {k.lower(): v for k, v in request.headers.items()}
         self.body = body
 
@@ -46,14 +50,17 @@ def _check_top_k(svc: Services, top_k: int) -> None:
 
 
 def _reply(result: InferenceResult) -> JSONResponse:
+    """The reply; ``cache`` and the ``X-Cache`` header say hit, miss or bypass."""
     return JSONResponse(
         {
             "success": True,
-            "model_id": result.model.model_id,
+            "model_id": result.model_id,
             "predictions": result.predictions,
             "details": result.details,
             "metrics": result.times.as_metrics(),
-        }
+            "cache": result.cache,
+        },
+        headers={"X-Cache": result.cache},
     )
 
 

@@ -1,0 +1,503 @@
+"""An on-disk cache of verified blobs, addressed by CID and bounded in bytes (LRU).
+
+The IPFS store writes every file it has verified against its CID here, so that a model evicted
+from memory, or a service restarted, does not download it again. Layout::
+
+    <root>/<last two characters of the CID>/<CIDv1 base32>          the file's bytes
+    <root>/<last two characters of the CID>/<CIDv1 base32>.sha256   its record (see below)
+    <root>/.incoming-*.tmp                                           writes in progress
+
+A blob is written to a temporary file while it is verified (the caller streams verified bytes
+into :class:`PendingBlob`), then renamed into place: a blob is complete or absent. Its record,
+written (atomically) just before it, lists the SHA-256 of each range of the file: for a raw
+leaf that is the digest its CID carries, already checked when the block arrived (so the bytes
+are hashed once); other ranges are hashed as they are written. The record is needed because
+the CID of a UnixFS file cannot always be recomputed from the file alone (the DAG's layout is
+not in the file); the SHA-256 of its ranges can. A read checks the blob against its record; a
+blob that fails, or lacks its record, is deleted and reported as a miss, so the caller fetches
+and verifies it again. The check is remembered per file identity (size, mtime, inode), so an
+unchanged file is hashed once per process. Nothing is fsynced: an entry torn by a power cut
+fails its check on the next read and is fetched again, so durability would cost time (tens of
+milliseconds per model) and buy nothing. The record guards against damage (a disk, a partial
+copy, a stray edit), not against someone who can write the directory: they could rewrite the
+record too, as they could the code.
+
+Size bound: the total of the blobs is kept under ``max_bytes`` by deleting the least recently
+used ones after each write. Blobs used in the last ``protect_s`` seconds are kept even over the
+bound (a path just handed to ONNX Runtime must survive until it is read); a blob larger than
+the whole bound is still written (and is the first to go). Recency is kept in memory and in
+each blob's mtime (touched at most once a minute), so the order survives a restart. Several
+processes may share the directory; each enforces the bound on the blobs it knows of.
+
+All methods block (file I/O and hashing): call them from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from registry.store import ContentTooLarge
+
+log = logging.getLogger("cidserve.blob_cache")
+
+READ_SIZE = 1 << 20
+TOUCH_INTERVAL_S = 60.0
+"""A blob's mtime (its recency on disk) is refreshed at most this often."""
+
+STALE_TMP_S = 3600.0
+"""Temporary files older than this are left over from a crashed writer and are deleted."""
+
+_TMP_PREFIX = ".incoming-"
+_TMP_SUFFIX = ".tmp"
+_RECORD_SUFFIX = ".sha256"
+_NAME = re.compile(r"b[a-z2-7]{20,200}")
+_RECORD_MAGIC = "cidserve-blob-sha256 1"
+_RANGE = re.compile(r"([0-9]{1,20}) ([0-9a-f]{64})")
+MAX_RECORD_BYTES = 64 << 20
+"""Largest ``.sha256`` record read (a 4 GiB file of 256 KiB blocks needs about 1.2 MB)."""
+
+_Identity = tuple[int, int, int]  # (size, mtime_ns, inode)
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@dataclass(slots=True)
+class _Entry:
+    size: int
+    used_at: float  # wall clock of the last use
+    touched_at: float  # wall clock of the last mtime refresh
+
+
+class PendingBlob:
+    """A blob being written: a temporary file in the cache directory plus a running SHA-256.
+
+    Write verified bytes with :meth:`write`, or with :meth:`write_digested` when their SHA-256
+    is already known (a raw leaf's CID carries it: the bytes are then hashed once, when they
+    are checked against the CID), or as parts followed by :meth:`add_range` (the caller hashes
+    them on the way: ``registry.dag_verify.LeafVerifier``); ``flush`` and ``fileno`` serve
+    readers of what was already written. Then :meth:`BlobCache.commit` or :meth:`abort`. The
+    record kept beside the blob lists the SHA-256 of each range of the file as it was written.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
+        self.path = Path(name)
+        try:
+            os.fchmod(fd, 0o644)
+            self.file: BinaryIO = os.fdopen(fd, "w+b")
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        self.size = 0
+        self._ranges: list[tuple[int, bytes]] = []
+        self._open: Any = None  # a running hashlib.sha256 over the current unhashed range
+        self._open_len = 0
+        self._pending = 0  # bytes written by write_part not yet recorded by add_range
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append bytes whose SHA-256 is not known yet (hashed here)."""
+        if self._open is None:
+            self._open = hashlib.sha256()
+            self._open_len = 0
+        self._open.update(data)
+        self._open_len += len(data)
+        n = self.file.write(data)
+        self.size += len(data)
+        return n
+
+    def write_digested(self, data: bytes | bytearray | memoryview, sha256: bytes) -> None:
+        """Append bytes whose SHA-256 the caller has checked already."""
+        self._close_range()
+        self._ranges.append((len(data), sha256))
+        self.file.write(data)
+        self.size += len(data)
+
+    def write_part(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes that later :meth:`add_range` calls account for (the caller hashes
+        them)."""
+        self._close_range()
+        self.file.write(data)
+        self.size += len(data)
+        self._pending += len(data)
+
+    def add_range(self, length: int, sha256: bytes) -> None:
+        """Record the SHA-256 of the next ``length`` bytes written with :meth:`write_part` and
+        not recorded yet."""
+        if length > self._pending:
+            raise ValueError(f"add_range({length}) with {self._pending} bytes of parts")
+        self._ranges.append((length, sha256))
+        self._pending -= length
+
+    def rewind(self, size: int) -> None:
+        """Drop what was written with :meth:`write_part` after ``size`` bytes (not recorded)."""
+        if size != self.size - self._pending:
+            raise ValueError("rewind() only drops parts not recorded yet")
+        self.file.seek(size)
+        self.file.truncate()
+        self.size = size
+        self._pending = 0
+
+    def _close_range(self) -> None:
+        if self._open is not None:
+            if self._open_len:
+                self._ranges.append((self._open_len, self._open.digest()))
+            self._open = None
+
+    def record(self) -> str:
+        """The text of the ``.sha256`` record: a header, then ``<length> <sha256>`` per range."""
+        if self._pending:
+            raise ValueError(f"{self._pending} bytes were written without a digest")
+        self._close_range()
+        lines = [f"{_RECORD_MAGIC} {self.size} {len(self._ranges)}"]
+        lines.extend(f"{n} {digest.hex()}" for n, digest in self._ranges)
+        return "\n".join(lines) + "\n"
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def abort(self) -> None:
+        """Drop the partial blob."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class BlobCache:
+    """The cache; see the module docstring. ``canonical`` arguments are CIDv1 base32 strings."""
+
+    def __init__(self, root: Path, max_bytes: int, *, protect_s: float = 60.0) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.protect_s = protect_s
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] | None = None  # loaded on first use
+        self._total = 0
+        self._verified: dict[str, _Identity] = {}
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self.corrupt_dropped = 0
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def path_for(self, canonical: str) -> Path:
+        if not _NAME.fullmatch(canonical):
+            raise ValueError(f"not a canonical CID: {canonical!r}")
+        return self.root / canonical[-2:] / canonical
+
+    @staticmethod
+    def _record_path(path: Path) -> Path:
+        return path.with_name(path.name + _RECORD_SUFFIX)
+
+    def _load(self) -> OrderedDict[str, _Entry]:
+        """Scan the directory once (under the lock): index the blobs by recency (mtime)."""
+        if self._entries is not None:
+            return self._entries
+        self.root.mkdir(parents=True, exist_ok=True)
+        found: list[tuple[float, str, int]] = []
+        now = time.time()
+        with os.scandir(self.root) as top:
+            for sub in top:
+                if sub.name.startswith(_TMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        if now - sub.stat().st_mtime > STALE_TMP_S:
+                            os.unlink(sub.path)
+                    continue
+                if not sub.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(sub.path) as files:
+                    for f in files:
+                        if not _NAME.fullmatch(f.name) or not f.is_file(follow_symlinks=False):
+                            continue
+                        st = f.stat()
+                        found.append((st.st_mtime, f.name, st.st_size))
+        found.sort()
+        entries: OrderedDict[str, _Entry] = OrderedDict()
+        for mtime, name, size in found:
+            entries[name] = _Entry(size, mtime, mtime)
+            self._total += size
+        self._entries = entries
+        return entries
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def contains(self, canonical: str) -> bool:
+        """Whether a blob for ``canonical`` is present (not verified)."""
+        with self._lock:
+            self._load()
+        return self.path_for(canonical).is_file()
+
+    def lookup(self, canonical: str, max_size: int) -> Path | None:
+        """The path of the verified blob, or ``None`` on a miss (a corrupt blob is a miss).
+
+        Raises ``ContentTooLarge`` when the blob is larger than ``max_size``.
+        """
+        path = self.path_for(canonical)
+        with self._lock:
+            self._load()
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            self._forget(canonical, count_miss=True)
+            return None
+        with f:
+            identity = _identity(os.fstat(f.fileno()))
+            if identity[0] > max_size:
+                raise ContentTooLarge(
+                    f"content {canonical} is {identity[0]} bytes, more than the {max_size} allowed",
+                    cid=canonical,
+                )
+            with self._lock:
+                known = self._verified.get(canonical) == identity
+            if not known:
+                ranges = self._read_record(path, identity[0])
+                if ranges is None or not _file_matches(f, ranges):
+                    self._drop(canonical, path, identity)
+                    return None
+        self._used(canonical, path, identity)
+        return path
+
+    def read_bytes(self, canonical: str, max_size: int) -> bytes | None:
+        """The verified bytes of the blob (the bytes returned are the ones checked), or ``None``."""
+        path = self.path_for(canonical)
+        with self._lock:
+            self._load()
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            self._forget(canonical, count_miss=True)
+            return None
+        with f:
+            identity = _identity(os.fstat(f.fileno()))
+            if identity[0] > max_size:
+                raise ContentTooLarge(
+                    f"content {canonical} is {identity[0]} bytes, more than the {max_size} allowed",
+                    cid=canonical,
+                )
+            data = f.read(max_size + 1)
+        ranges = self._read_record(path, len(data))
+        if len(data) != identity[0] or ranges is None or not _bytes_match(data, ranges):
+            self._drop(canonical, path, identity)
+            return None
+        self._used(canonical, path, identity)
+        return data
+
+    def _read_record(self, path: Path, size: int) -> list[tuple[int, bytes]] | None:
+        """The ranges of a blob's record, or ``None`` when it is missing or does not describe
+        a file of ``size`` bytes."""
+        try:
+            with open(self._record_path(path), "rb") as rec:
+                raw = rec.read(MAX_RECORD_BYTES + 1)
+        except OSError:
+            return None
+        if len(raw) > MAX_RECORD_BYTES:
+            return None
+        lines = raw.decode("ascii", "replace").split("\n")
+        head = lines[0].rsplit(" ", 2)
+        if len(head) != 3 or head[0] != _RECORD_MAGIC or head[1] != str(size):
+            return None
+        count = int(head[2]) if head[2].isdigit() else -1
+        if count < 0 or len(lines) != count + 2 or lines[-1] != "":
+            return None
+        ranges: list[tuple[int, bytes]] = []
+        total = 0
+        for line in lines[1:-1]:
+            m = _RANGE.fullmatch(line)
+            if m is None:
+                return None
+            n = int(m.group(1))
+            ranges.append((n, bytes.fromhex(m.group(2))))
+            total += n
+        return ranges if total == size else None
+
+    def _used(self, canonical: str, path: Path, identity: _Identity) -> None:
+        """Record a hit: recency in memory, and on disk at most once a minute."""
+        now = time.time()
+        with self._lock:
+            entries = self._load()
+            entry = entries.get(canonical)
+            if entry is None:
+                entry = entries[canonical] = _Entry(identity[0], now, 0.0)
+                self._total += identity[0]
+            entries.move_to_end(canonical)
+            entry.used_at = now
+            touch = now - entry.touched_at > TOUCH_INTERVAL_S
+            if touch:
+                entry.touched_at = now
+            self.hits += 1
+        if touch:
+            with contextlib.suppress(OSError):
+                os.utime(path)
+                identity = _identity(os.stat(path))
+        with self._lock:
+            self._verified[canonical] = identity
+
+    def _forget(self, canonical: str, *, count_miss: bool = False) -> None:
+        with self._lock:
+            entries = self._load()
+            entry = entries.pop(canonical, None)
+            if entry is not None:
+                self._total -= entry.size
+            self._verified.pop(canonical, None)
+            if count_miss:
+                self.misses += 1
+
+    def _drop(self, canonical: str, path: Path, identity: _Identity) -> None:
+        """Delete a blob that failed its check (unless it was replaced meanwhile)."""
+        log.warning(
+            "blob cache: %s failed its check and was deleted; it will be fetched again", canonical
+        )
+        with contextlib.suppress(OSError):
+            if _identity(os.stat(path)) == identity:
+                path.unlink()
+                self._record_path(path).unlink(missing_ok=True)
+        self._forget(canonical, count_miss=True)
+        with self._lock:
+            self.corrupt_dropped += 1
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def begin(self) -> PendingBlob:
+        """A new pending blob in the cache directory (same file system: the rename is atomic)."""
+        with self._lock:
+            self._load()
+        return PendingBlob(self.root)
+
+    def commit(self, canonical: str, pending: PendingBlob) -> Path:
+        """Install a completely written and verified blob under ``canonical``; evict to fit."""
+        path = self.path_for(canonical)
+        try:
+            pending.file.close()
+            path.parent.mkdir(exist_ok=True)
+            record_fd, record_tmp = tempfile.mkstemp(
+                dir=self.root, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX
+            )
+            try:
+                with os.fdopen(record_fd, "w") as rec:
+                    rec.write(pending.record())
+                os.replace(record_tmp, self._record_path(path))
+            except BaseException:
+                Path(record_tmp).unlink(missing_ok=True)
+                raise
+            os.replace(pending.path, path)
+        except BaseException:
+            pending.abort()
+            raise
+        identity = _identity(os.stat(path))
+        now = time.time()
+        with self._lock:
+            entries = self._load()
+            old = entries.pop(canonical, None)
+            if old is not None:
+                self._total -= old.size
+            entries[canonical] = _Entry(identity[0], now, now)
+            self._total += identity[0]
+            self._verified[canonical] = identity
+            victims = self._pick_victims(keep=canonical, now=now)
+        for name in victims:
+            self._delete(name)
+        return path
+
+    def _pick_victims(self, *, keep: str, now: float) -> list[str]:
+        """Least recently used blobs to delete to get under the bound (called under the lock)."""
+        assert self._entries is not None
+        victims: list[str] = []
+        excess = self._total - self.max_bytes
+        if excess <= 0:
+            return victims
+        for name, entry in list(self._entries.items()):
+            if excess <= 0:
+                break
+            if name == keep or now - entry.used_at < self.protect_s:
+                continue
+            del self._entries[name]
+            self._verified.pop(name, None)
+            self._total -= entry.size
+            excess -= entry.size
+            victims.append(name)
+            self.evictions += 1
+        if excess > 0:
+            log.info(
+                "blob cache is %d bytes over its %d-byte bound: the rest is in use",
+                excess,
+                self.max_bytes,
+            )
+        return victims
+
+    def _delete(self, canonical: str) -> None:
+        path = self.path_for(canonical)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            self._record_path(path).unlink()
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            entries = self._load()
+            return {
+                "dir": str(self.root),
+                "blobs": len(entries),
+                "bytes": self._total,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "evictions": self.evictions,
+                "corrupt_dropped": self.corrupt_dropped,
+            }
+
+    def usable(self) -> bool:
+        """Whether the cache directory exists and is writable."""
+        with self._lock:
+            self._load()
+        return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
+
+
+def _file_matches(f: BinaryIO, ranges: list[tuple[int, bytes]]) -> bool:
+    """Whether the file, read from its start, hashes range by range to ``ranges``."""
+    f.seek(0)
+    buf = bytearray(READ_SIZE)
+    with memoryview(buf) as view:
+        for length, digest in ranges:
+            h = hashlib.sha256()
+            left = length
+            while left:
+                n = f.readinto(view[: min(left, READ_SIZE)])
+                if not n:
+                    return False
+                h.update(view[:n])
+                left -= n
+            if h.digest() != digest:
+                return False
+    return not f.read(1)
+
+
+def _bytes_match(data: bytes, ranges: list[tuple[int, bytes]]) -> bool:
+    """Whether ``data`` hashes range by range to ``ranges``."""
+    pos = 0
+    with memoryview(data) as view:
+        for length, digest in ranges:
+            if hashlib.sha256(view[pos : pos + length]).digest() != digest:
+                return False
+            pos += length
+    return pos == len(data)

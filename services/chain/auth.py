@@ -1,0 +1,137 @@
+"""Who sent a request: EIP-191 signed requests (see :mod:`services.chain.signing`).
+
+:class:`SignatureAuthenticator` implements :class:`services.licensing.Authenticator`:
+
+* no ``X-Cidserve-*`` header at all: anonymous (``None``); open models still run, licensed
+  ones answer 401 from the license gate;
+* some headers missing, malformed values, a signature that does not recover to the claimed
+  address: 401;
+* a timestamp further than the allowed skew from this server's clock: 401;
+* a nonce this address used before (within the skew window): 401 (replay);
+* the nonce store cannot answer: 503 (fail closed: a replay could not be ruled out).
+
+Checks run cheapest first; the nonce is recorded only for a valid signature, so forged
+requests cannot fill the nonce store or burn another caller's nonces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from services.chain.signing import (
+    ADDRESS_RE,
+    HEADER_ADDRESS,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    HEADERS,
+    MAX_PATH_CHARS,
+    NONCE_RE,
+    SIGNATURE_RE,
+    TIMESTAMP_RE,
+    body_sha256,
+    canonical_string,
+    recover_signer,
+)
+from services.errors import ServiceUnavailable, Unauthorized
+from services.kv import KeyValueStore, KVUnavailable
+from services.licensing import Caller, RequestView
+from services.metrics import Metrics
+
+log = logging.getLogger("cidserve.auth")
+
+# Bodies larger than this are hashed in a worker thread, not on the event loop.
+_THREAD_HASH_BYTES = 1 << 20
+_TITLE = "Invalid signature"
+
+
+class SignatureAuthenticator:
+    """Proves callers by their signature; see the module docstring for the outcomes."""
+
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        *,
+        skew_s: int = 300,
+        metrics: Metrics | None = None,
+        key_prefix: str = "nonce:",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.kv = kv
+        self.skew_s = skew_s
+        self.metrics = metrics
+        self.key_prefix = key_prefix
+        self._now = time.time if clock is None else clock
+
+    def _fail(self, reason: str, message: str) -> Unauthorized:
+        if self.metrics is not None:
+            self.metrics.signature_checks.labels(reason).inc()
+        return Unauthorized(message, title=_TITLE, reason=reason)
+
+    async def authenticate(self, request: RequestView) -> Caller | None:
+        headers = request.headers
+        values = {name: headers.get(name.lower()) for name in HEADERS}
+        present = [n for n, v in values.items() if v is not None]
+        if not present:
+            return None
+        missing = [n for n, v in values.items() if v is None]
+        if missing:
+            raise self._fail("missing", "signed request without " + ", ".join(missing))
+        address = values[HEADER_ADDRESS].strip()  # type: ignore[union-attr]
+        stamp = values[HEADER_TIMESTAMP].strip()  # type: ignore[union-attr]
+        nonce = values[HEADER_NONCE].strip()  # type: ignore[union-attr]
+        signature = values[HEADER_SIGNATURE].strip()  # type: ignore[union-attr]
+        if not ADDRESS_RE.fullmatch(address):
+            raise self._fail("malformed", f"{HEADER_ADDRESS}: expected 0x + 40 hex digits")
+        if not TIMESTAMP_RE.fullmatch(stamp):
+            raise self._fail("malformed", f"{HEADER_TIMESTAMP}: expected unix seconds")
+        if not NONCE_RE.fullmatch(nonce):
+            raise self._fail("malformed", f"{HEADER_NONCE}: expected 8-64 of [A-Za-z0-9_-]")
+        if not SIGNATURE_RE.fullmatch(signature):
+            raise self._fail("malformed", f"{HEADER_SIGNATURE}: expected 0x + 130 hex digits")
+        if len(request.path) > MAX_PATH_CHARS:
+            raise self._fail("malformed", "request target too long to sign")
+
+        ts = int(stamp)
+        now = self._now()
+        if abs(now - ts) > self.skew_s:
+            raise self._fail(
+                "stale",
+                f"{HEADER_TIMESTAMP} is {int(now - ts)} s away from the server clock; "
+                f"the limit is {self.skew_s} s: sign the request again",
+            )
+
+        body = request.body
+        if len(body) > _THREAD_HASH_BYTES:
+            digest = await asyncio.to_thread(body_sha256, body)
+        else:
+            digest = body_sha256(body)
+        text = canonical_string(request.method, request.path, digest, ts, nonce)
+        try:
+            signer = recover_signer(text, bytes.fromhex(signature[2:]))
+        except ValueError:
+            raise self._fail("forged", "the signature does not verify") from None
+        if signer.lower() != address.lower():
+            raise self._fail(
+                "forged",
+                "the signature does not match the address, method, path, body, timestamp "
+                "and nonce of this request",
+            )
+
+        key = f"{self.key_prefix}{signer.lower()}:{nonce}"
+        try:
+            # Remembered for longer than any timestamp stays acceptable (both directions).
+            fresh = await self.kv.set_nx(key, b"1", 2 * self.skew_s + 5)
+        except KVUnavailable as exc:
+            log.error("nonce store unavailable, refusing signed requests: %s", exc)
+            raise ServiceUnavailable(
+                "the replay-protection store is unavailable; try again"
+            ) from None
+        if not fresh:
+            raise self._fail("replay", f"{HEADER_NONCE} was used before: sign each request anew")
+        if self.metrics is not None:
+            self.metrics.signature_checks.labels("ok").inc()
+        return Caller(address=signer)
