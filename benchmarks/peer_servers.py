@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -172,6 +173,7 @@ class Server:
     port: int
     log_path: Path
     venv: Path
+    token: str  # BENCH_PEER_TOKEN: inherited by every process the peer starts
 
     @property
     def base(self) -> str:
@@ -220,6 +222,7 @@ def start(
     """Start peer ``name`` serving ``models`` and wait until every probe request answers 200."""
     py = ensure_venv(name)
     port = free_port()
+    token = f"{name}-{os.getpid()}-{secrets.token_hex(8)}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIDSERVE_", "VIRTUAL_ENV"))}
     env.update(
         BENCH_MODELS=",".join(f"{k}={v}" for k, v in models.items()),
@@ -231,6 +234,7 @@ def start(
         BENTOML_HOME=str(work / "bentoml-home"),
         RAY_USAGE_STATS_ENABLED="0",
         NO_PROXY="*",
+        BENCH_PEER_TOKEN=token,
     )
     if name == "mlserver":
         cmd = [
@@ -261,7 +265,7 @@ def start(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(name, proc, port, log_path, py.parent.parent)
+    server = Server(name, proc, port, log_path, py.parent.parent, token)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S[name]
         pending = dict(probes)
@@ -298,21 +302,22 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> tupl
         return int(exc.code), exc.read()
 
 
-def _pids_of_venv(venv: Path) -> list[int]:
-    """Processes still running out of ``venv`` (Ray starts daemons in sessions of their own)."""
+def pids_with_token(token: str) -> list[int]:
+    """Processes whose environment holds ``BENCH_PEER_TOKEN=token``: everything one peer
+    started, including daemons in sessions of their own (Ray's raylet and workers)."""
     found = []
-    marker = str(venv).encode()
+    marker = f"BENCH_PEER_TOKEN={token}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            if marker in (entry / "cmdline").read_bytes():
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
                 found.append(int(entry.name))
     return found
 
 
 def stop(server: Server) -> None:
-    """Kill the peer's process group, then whatever else still runs out of its venv."""
+    """Kill the peer's process group, then whatever else it started that still runs."""
     proc = server.proc
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -324,7 +329,7 @@ def stop(server: Server) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _pids_of_venv(server.venv)
+        pids = pids_with_token(server.token)
         if not pids:
             return
         for pid in pids:

@@ -164,6 +164,10 @@ def build_services(
             require_gpu=settings.require_gpu,
             cuda_device_id=settings.cuda_device_id,
             intra_op_threads=settings.intra_op_threads,
+            optimized_cache_dir=(
+                settings.models_dir / "optimized" if settings.optimized_model_cache else None
+            ),
+            intra_op_spinning=settings.intra_op_spinning,
         ),
         inference_executor=inference_pool,
         load_limits=LoadLimits(

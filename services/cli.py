@@ -260,8 +260,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log_config=None,  # our handlers and format (services/observability.py)
         access_log=False,  # the request middleware writes the access line
         server_header=False,
+        **server_impls(),
     )
     return 0
+
+
+def server_impls() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (core dependencies; they
+    cut the gateway's CPU per request, see docs/PERFORMANCE.md), asyncio and h11 where a
+    platform lacks them."""
+    import importlib.util
+
+    return {
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+    }
 
 
 def _serve_workers(args: argparse.Namespace, settings: Settings, services: Services) -> int:
@@ -301,6 +314,7 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, services: Servi
             log_config=None,
             access_log=False,
             server_header=False,
+            **server_impls(),
         )
     return 0
 

@@ -208,7 +208,7 @@ class ModelLoader:
                 metadata.model.cid,
             )
         try:
-            session, provider, fallback = create_session(path, self.session_config)
+            session, provider, fallback = create_session(path, self.session_config, sha256=digest)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelInvalid(
                 f"ONNX Runtime cannot load model {metadata.model.cid}: {exc}"

@@ -4,16 +4,18 @@ The first CPU session of a model is created with ``SessionOptions.optimized_mode
 ONNX Runtime writes the graph after its optimizations (level ``ORT_ENABLE_ALL``). Later
 sessions of the same model load that file with optimizations off. The file's name is a key of
 everything the optimized graph depends on: the model's sha256, the onnxruntime version, the
-execution provider, the optimization level and the CPU architecture (``ORT_ENABLE_ALL`` may
-apply layout changes for this hardware). A sidecar ``.sha256`` holds the digest of the
-optimized file; a file that does not match it, or that ONNX Runtime cannot load, is ignored,
-deleted and rebuilt. Files are written under temporary names and renamed into place, so a
-reader never sees half a file. CUDA sessions are never cached: their optimized graphs may
-hold provider-specific nodes that ONNX Runtime does not promise to serialize or reload.
+execution provider, the optimization level and the CPU (architecture and instruction-set
+flags: ``ORT_ENABLE_ALL`` applies layout changes for this hardware). A sidecar ``.sha256``
+holds the digest of the optimized file; a file that does not match it, or that ONNX Runtime
+cannot load, is ignored, deleted and rebuilt. Files are written under temporary names and
+renamed into place, so a reader never sees half a file. CUDA sessions are never cached: their
+optimized graphs may hold provider-specific nodes that ONNX Runtime does not promise to
+serialize or reload.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,6 +32,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("cidserve.optimized_cache")
 
 LEVEL = "all"
+
+
+@functools.cache
+def cpu_signature() -> str:
+    """The CPU architecture and a short digest of its feature flags: ``ORT_ENABLE_ALL`` picks
+    kernels and layouts (e.g. NCHWc block sizes) by instruction set."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                break
+    except OSError:
+        flags = platform.processor()
+    short = hashlib.sha256(flags.encode()).hexdigest()[:8]
+    return f"{platform.machine() or 'unknown'}.{short}"
 
 
 def _digest(path: Path) -> str:
@@ -54,7 +72,7 @@ class OptimizedGraphCache:
                 f"ort{ort.__version__}",
                 provider.removesuffix("ExecutionProvider").lower(),
                 LEVEL,
-                platform.machine() or "unknown",
+                cpu_signature(),
             ]
         )
         return self.directory / f"{key}.onnx"
@@ -100,7 +118,15 @@ class OptimizedGraphCache:
         try:
             opts = session_options(config)
             opts.optimized_model_filepath = str(tmp)
-            session = ort.InferenceSession(str(model_path), sess_options=opts, providers=providers)
+            try:
+                session = ort.InferenceSession(
+                    str(model_path), sess_options=opts, providers=providers
+                )
+            except Exception as exc:  # e.g. a graph ONNX Runtime cannot serialize
+                log.warning("%s: not caching its optimized graph (%s)", sha256[:12], exc)
+                return ort.InferenceSession(
+                    str(model_path), sess_options=session_options(config), providers=providers
+                )
             if tmp.stat().st_size > 0:
                 digest = _digest(tmp)
                 side_tmp = tmp.with_name(tmp.name + ".sha256")

@@ -8,6 +8,7 @@ timeout by asking the run to terminate (``RunOptions.terminate``) when the deadl
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from concurrent.futures import Executor
@@ -83,11 +84,11 @@ class SessionConfig:
     execution_provider: str = "auto"
     require_gpu: bool = False
     cuda_device_id: int = 0
-    intra_op_threads: int = 0
+    intra_op_threads: int = 1
     # Where optimized graphs are kept (services/optimized_cache.py); None: not cached.
     optimized_cache_dir: Path | None = None
     # ONNX Runtime's intra-op threads spin while waiting for work (see docs/PERFORMANCE.md).
-    allow_spinning: bool = True
+    intra_op_spinning: bool = False
 
 
 def session_options(config: SessionConfig, *, optimize: bool = True) -> ort.SessionOptions:
@@ -100,7 +101,7 @@ def session_options(config: SessionConfig, *, optimize: bool = True) -> ort.Sess
     )
     if config.intra_op_threads:
         opts.intra_op_num_threads = config.intra_op_threads
-    if not config.allow_spinning:
+    if not config.intra_op_spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return opts
@@ -202,8 +203,10 @@ class ModelRunner:
         self.output_names = [o.name for o in session.get_outputs()]
         self.batcher: DynamicBatcher | None = None
         if batching is not None and batching.enabled and batchable(session):
+            # session.run itself, not a method of this runner: no reference cycle, so an
+            # evicted model's session is freed as soon as its last request is done.
             self.batcher = DynamicBatcher(
-                self._session_run,
+                functools.partial(session.run, self.output_names),
                 self.output_names,
                 executor,
                 batching,
@@ -213,11 +216,6 @@ class ModelRunner:
         self._batch_hist = (
             metrics.batch_size.labels(model_id) if metrics is not None and model_id else None
         )
-
-    def _session_run(
-        self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions
-    ) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds, run_options)
 
     def _run(
         self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions, deadline: float

@@ -185,18 +185,31 @@ class Settings(BaseSettings):
     require_gpu: bool = Field(False, validation_alias=_env("require_gpu"))
     cuda_device_id: int = Field(0, ge=0, validation_alias=_env("cuda_device_id"))
     intra_op_threads: int = Field(
-        0,
+        1,
         ge=0,
         le=256,
         validation_alias=_env("intra_op_threads"),
-        description="ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.",
+        description="ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide "
+        "(one per core). Default 1, with one concurrent run per core (docs/PERFORMANCE.md).",
     )
     inference_workers: int = Field(
-        1,
+        default_factory=lambda: min(os.cpu_count() or 1, 256),
         ge=1,
         le=256,
         validation_alias=_env("inference_workers"),
-        description="Concurrent session.run calls (threads).",
+        description="Concurrent session.run calls (threads); default: one per core.",
+    )
+    optimized_model_cache: bool = Field(
+        True,
+        validation_alias=_env("optimized_model_cache"),
+        description="Keep ONNX Runtime's optimized graph of each model in <model_dir>/optimized "
+        "and start later CPU sessions of the model from it.",
+    )
+    intra_op_spinning: bool = Field(
+        False,
+        validation_alias=_env("intra_op_spinning"),
+        description="ONNX Runtime's intra-op threads spin while waiting for work "
+        "(session.intra_op.allow_spinning).",
     )
     batch_enabled: bool = Field(
         True,

@@ -22,8 +22,16 @@ from registry.metadata import (
 from registry.publish import PublishResult, publish_model
 from tests.conftest import Gateway
 
-FEATURES = ["age", "income", "distance_km", "shared_interests", "activity", "rating",
-            "response_rate", "tenure_days"]
+FEATURES = [
+    "age",
+    "income",
+    "distance_km",
+    "shared_interests",
+    "activity",
+    "rating",
+    "response_rate",
+    "tenure_days",
+]
 SCALE = np.array([10, 1000, 5, 2, 3, 1, 0.2, 100], dtype=np.float64)
 OFFSET = np.array([40, 5000, 10, 4, 5, 3, 0.5, 300], dtype=np.float64)
 
@@ -45,10 +53,14 @@ def compatibility_model(workdir: Path, store: LocalContentStore):
     path.write_bytes(onx.SerializeToString())
     pub = asyncio.run(
         publish_model(
-            store, path, name="compatibility",
+            store,
+            path,
+            name="compatibility",
             preprocessing=TabularPreprocessing(
-                features=[Feature(name=n, offset=o, scale=s)
-                          for n, o, s in zip(FEATURES, OFFSET, SCALE, strict=True)]
+                features=[
+                    Feature(name=n, offset=o, scale=s)
+                    for n, o, s in zip(FEATURES, OFFSET, SCALE, strict=True)
+                ]
             ),
             postprocessing=ScorePostprocessing(label="compatibility", clamp=True),
         )
@@ -65,8 +77,7 @@ def test_tabular_score_matches_scikit_learn(gateway: Gateway, compatibility_mode
         features = dict(zip(FEATURES, map(float, row), strict=True))
         r = gateway.client.post(
             "/api/inference/execute",
-            json={"model_id": model_id,
-                  "input_data": {"format": "features", "content": features}},
+            json={"model_id": model_id, "input_data": {"format": "features", "content": features}},
         )
         assert r.status_code == 200, r.text
         body = r.json()
@@ -95,10 +106,15 @@ def detector(store: LocalContentStore) -> PublishResult:
     labels = list(getattr(nn_module, "__labels"))  # the package keeps it module-private
     return asyncio.run(
         publish_model(
-            store, onnx_path, name="nudenet-320n",
+            store,
+            onnx_path,
+            name="nudenet-320n",
             preprocessing=ImagePreprocessing(
-                size=(320, 320), resize_mode="letterbox", interpolation="bilinear",
-                normalize=ScaleOffset(scale=1 / 255), pad_value=0,
+                size=(320, 320),
+                resize_mode="letterbox",
+                interpolation="bilinear",
+                normalize=ScaleOffset(scale=1 / 255),
+                pad_value=0,
             ),
             postprocessing=DetectionPostprocessing(labels=labels, score_threshold=0.25),
         )
@@ -117,7 +133,8 @@ def test_detector_finds_the_astronauts_face_in_image_coordinates(
     img.save(buf, "JPEG", quality=92)
     r = gateway.client.post(
         f"/api/models/{model_id}/predict?top_k=10",
-        content=buf.getvalue(), headers={"Content-Type": "image/jpeg"},
+        content=buf.getvalue(),
+        headers={"Content-Type": "image/jpeg"},
     )
     assert r.status_code == 200, r.text
     body = r.json()

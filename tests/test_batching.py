@@ -212,7 +212,7 @@ def test_deadlines_inside_a_batch(
     assert runner.batcher.runs == 2 and runner.batcher.requests == 3
 
     async def during_run() -> list[object]:
-        quick = asyncio.ensure_future(runner.run({"x": x}, 0.05))
+        quick = asyncio.ensure_future(runner.run({"x": x}, 0.01))
         patient = asyncio.ensure_future(runner.run({"x": x}, 30))
         return await asyncio.gather(quick, patient, return_exceptions=True)
 
@@ -227,7 +227,7 @@ def test_whole_run_past_every_deadline_is_terminated(
 ) -> None:
     runner = ModelRunner(slow_session, pool, batching=POLICY, model_id="slow")
     x = np.ones((1, 1024), dtype=np.float32)
-    results = asyncio.run(_gather(runner, [{"x": x}, {"x": x}], timeout_s=0.05))
+    results = asyncio.run(_gather(runner, [{"x": x}, {"x": x}], timeout_s=0.01))
     assert all(isinstance(r, RunTimeout) for r in results)
     # The terminated run frees the worker quickly: the next request is served.
     (after,) = asyncio.run(_gather(runner, [{"x": x[:, :]}], timeout_s=60))

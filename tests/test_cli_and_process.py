@@ -134,5 +134,9 @@ def test_rss_stays_flat_while_50_models_cycle_through_a_cache_of_3(tmp_path: Pat
         grown = rss[1] - rss[0]
         # Each model holds ~4 MB of weights; 40 leaked sessions would add ~160+ MB.
         assert grown < 40 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB: {rss}"
+        # The target: within 1.3x of the three largest models + 200 MB (the process itself).
+        sizes = sorted((tmp_path / f"m{seed}.onnx").stat().st_size for seed in range(50))
+        limit = 1.3 * (sum(sizes[-3:]) + 200 * 2**20)
+        assert rss[1] <= limit, f"RSS {rss[1] / 2**20:.0f} MiB > {limit / 2**20:.0f} MiB"
     finally:
         svc.stop()

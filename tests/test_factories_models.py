@@ -59,7 +59,10 @@ def metadata_for(sess: ort.InferenceSession, pre: Any, postspec: Any) -> ModelMe
 
 
 def predict(
-    sess: ort.InferenceSession, md: ModelMetadata, labels: list[str] | None, payload: Any,
+    sess: ort.InferenceSession,
+    md: ModelMetadata,
+    labels: list[str] | None,
+    payload: Any,
     options: Options,
 ) -> post.Result:
     prepared = pp.create(md, Limits())(payload)
@@ -96,9 +99,7 @@ def compatibility(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     target = 1 / (1 + np.exp(-(scaled @ rng.normal(size=8))))  # a score in 0..1
     model = GradientBoostingRegressor(n_estimators=60, max_depth=3, random_state=0)
     model.fit(scaled.astype(np.float32), target)
-    onx = to_onnx(
-        model, initial_types=[("features", FloatTensorType([None, 8]))], target_opset=17
-    )
+    onx = to_onnx(model, initial_types=[("features", FloatTensorType([None, 8]))], target_opset=17)
     path = tmp_path_factory.mktemp("compat") / "compat.onnx"
     path.write_bytes(onx.SerializeToString())
     sess = session(str(path))
@@ -149,8 +150,10 @@ def test_sklearn_classifier_probabilities() -> None:
     x = iris.data.astype(np.float32)
     model = LogisticRegression(max_iter=500).fit(x, iris.target)
     onx = to_onnx(
-        model, initial_types=[("features", FloatTensorType([None, 4]))],
-        options={"zipmap": False}, target_opset=17,
+        model,
+        initial_types=[("features", FloatTensorType([None, 4]))],
+        options={"zipmap": False},
+        target_opset=17,
     )
     sess = session(onx.SerializeToString())
     names = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -162,7 +165,10 @@ def test_sklearn_classifier_probabilities() -> None:
     labels = list(iris.target_names)
     sample = x[120]
     result = predict(
-        sess, md, labels, FeaturesPayload(dict(zip(names, map(float, sample), strict=True))),
+        sess,
+        md,
+        labels,
+        FeaturesPayload(dict(zip(names, map(float, sample), strict=True))),
         Options(top_k=3),
     )
     proba = model.predict_proba(sample.reshape(1, -1))[0]
@@ -191,9 +197,7 @@ def _nudenet_source() -> tuple[Path, list[str], int]:
             labels = ast.literal_eval(node.value)
         if isinstance(node, ast.FunctionDef) and node.name == "__init__":
             names = [a.arg for a in node.args.args][-len(node.args.defaults) :]
-            size = dict(zip(names, node.args.defaults, strict=True))[
-                "inference_resolution"
-            ].value  # type: ignore[attr-defined]
+            size = dict(zip(names, node.args.defaults, strict=True))["inference_resolution"].value  # type: ignore[attr-defined]
     return root / f"{size}n.onnx", labels, size
 
 
@@ -204,8 +208,12 @@ def nudenet() -> dict[str, Any]:
     md = metadata_for(
         sess,
         ImagePreprocessing(
-            size=(size, size), resize_mode="letterbox", normalize=ScaleOffset(scale=1 / 255),
-            channel_order="RGB", layout="NCHW", pad_value=114,
+            size=(size, size),
+            resize_mode="letterbox",
+            normalize=ScaleOffset(scale=1 / 255),
+            channel_order="RGB",
+            layout="NCHW",
+            pad_value=114,
         ),
         DetectionPostprocessing(labels=labels, score_threshold=0.25, iou_threshold=0.45),
     )
@@ -220,7 +228,10 @@ def _jpeg(pixels: np.ndarray) -> bytes:
 
 def _detect(nudenet: dict[str, Any], pixels: np.ndarray) -> post.Result:
     return predict(
-        nudenet["session"], nudenet["metadata"], nudenet["labels"], ImagePayload(_jpeg(pixels)),
+        nudenet["session"],
+        nudenet["metadata"],
+        nudenet["labels"],
+        ImagePayload(_jpeg(pixels)),
         Options(top_k=0),
     )
 

@@ -61,7 +61,9 @@ def test_classification_probabilities_threshold_and_no_labels() -> None:
     probs = np.array([[0.1, 0.4, 0.05, 0.3, 0.15]])
     result = run({"out": probs}, {}, Options(top_k=0, threshold=0.15))
     assert [(p["class"], p["confidence"]) for p in result.predictions] == [
-        ("1", 0.4), ("3", 0.3), ("4", 0.15)
+        ("1", 0.4),
+        ("3", 0.3),
+        ("4", 0.15),
     ]
 
 
@@ -131,11 +133,11 @@ def yolo_output(rows: list[tuple[float, float, float, float, int, float]], nc: i
 
 LABELS = ["face", "hand", "foot"]
 ROWS = [
-    (100, 100, 40, 40, 0, 0.9),   # face
-    (104, 102, 40, 40, 0, 0.8),   # same face, shifted: suppressed
-    (102, 100, 40, 40, 1, 0.7),   # overlapping, but a hand: kept
-    (250, 250, 20, 30, 2, 0.6),   # foot elsewhere
-    (300, 50, 20, 20, 0, 0.1),    # below the score threshold
+    (100, 100, 40, 40, 0, 0.9),  # face
+    (104, 102, 40, 40, 0, 0.8),  # same face, shifted: suppressed
+    (102, 100, 40, 40, 1, 0.7),  # overlapping, but a hand: kept
+    (250, 250, 20, 30, 2, 0.6),  # foot elsewhere
+    (300, 50, 20, 20, 0, 0.1),  # below the score threshold
 ]
 
 

@@ -115,7 +115,10 @@ def test_image_pixel_matches_hand_computation(
     astronaut_224: np.ndarray, layout: str, order: str
 ) -> None:
     pre = image_model(
-        size=(224, 224), resize_mode="stretch", layout=layout, channel_order=order,
+        size=(224, 224),
+        resize_mode="stretch",
+        layout=layout,
+        channel_order=order,
         normalize=IMAGENET,
     )
     out = pre(ImagePayload(encode(astronaut_224))).feeds["x"]
@@ -152,7 +155,9 @@ def test_image_float16_input() -> None:
 
 def test_shorter_side_center_crop_matches_resize_then_crop(chelsea: np.ndarray) -> None:
     pre = image_model(
-        size=(224, 224), resize_mode="shorter_side", crop_ratio=0.875,
+        size=(224, 224),
+        resize_mode="shorter_side",
+        crop_ratio=0.875,
         normalize=ScaleOffset(scale=1 / 255),
     )
     prepared = pre(ImagePayload(encode(chelsea)))
@@ -168,7 +173,9 @@ def test_shorter_side_center_crop_matches_resize_then_crop(chelsea: np.ndarray) 
 
 def test_letterbox_context_and_padding(chelsea: np.ndarray) -> None:
     pre = image_model(
-        size=(320, 320), resize_mode="letterbox", pad_value=114,
+        size=(320, 320),
+        resize_mode="letterbox",
+        pad_value=114,
         normalize=ScaleOffset(scale=1 / 255),
     )
     prepared = pre(ImagePayload(encode(chelsea)))
@@ -190,8 +197,11 @@ def test_letterbox_context_and_padding(chelsea: np.ndarray) -> None:
 def test_exif_orientation_is_applied(chelsea: np.ndarray, orientation: int) -> None:
     upright = Image.fromarray(chelsea).resize((1353, 900))
     stored = upright.transpose(
-        {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
-         8: Image.Transpose.ROTATE_270}[orientation]
+        {
+            3: Image.Transpose.ROTATE_180,
+            6: Image.Transpose.ROTATE_90,
+            8: Image.Transpose.ROTATE_270,
+        }[orientation]
     )
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -169,8 +169,10 @@ def test_one_input_per_request(private_gateway: Gateway, linear_models):
     model_id = _load(private_gateway, linear_models[0])["model_id"]
     r = private_gateway.client.post(
         "/api/inference/execute",
-        json={"model_id": model_id,
-              "input_data": {"format": "tensor", "content": [[0.0] * 8, [1.0] * 8]}},
+        json={
+            "model_id": model_id,
+            "input_data": {"format": "tensor", "content": [[0.0] * 8, [1.0] * 8]},
+        },
     )
     assert r.status_code == 400
     assert "batch dimension is 2" in r.json()["message"]

@@ -16,6 +16,8 @@ from services.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from services.http import JSONResponse
 from services.inference import InferenceResult
 from services.licensing import Caller
+from services.raw_tensor import CONTENT_TYPE as RAW_TENSOR
+from services.raw_tensor import parse_raw_tensor
 from services.routes import get_services
 from services.schemas import ErrorResponse, ExecuteRequest, ExecuteResponse
 
@@ -93,6 +95,7 @@ async def execute(req: ExecuteRequest, request: Request, svc: Svc) -> JSONRespon
             "content": {
                 "image/*": {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                RAW_TENSOR: {"schema": {"type": "string", "format": "binary"}},
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -114,7 +117,8 @@ async def predict_upload(
     timeout: Annotated[int | None, Query(ge=1, le=3_600_000, description="ms")] = None,
 ) -> JSONResponse:
     """The image as the raw request body (``image/*``, ``application/octet-stream``) or as a
-    multipart ``file`` field: no base64 needed."""
+    multipart ``file`` field: no base64 needed; or a tensor's raw bytes
+    (``application/x-cidserve-tensor`` with ``X-Tensor-Dtype`` and ``X-Tensor-Shape``)."""
     _check_top_k(svc, top_k)
     await request.body()  # read (bounded) once; form parsing and the authenticator reuse it
     payload = await _upload_payload(request, svc)
@@ -149,10 +153,19 @@ async def _upload_payload(request: Request, svc: Services) -> Payload:
         await form.close()
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         data = await request.body()
+    elif ctype == RAW_TENSOR:
+        return parse_raw_tensor(
+            await request.body(),
+            request.headers.get("x-tensor-dtype"),
+            request.headers.get("x-tensor-shape"),
+            request.headers.get("x-tensor-input"),
+            max_elements=svc.settings.max_tensor_elements,
+        )
     else:
         raise UnsupportedMediaType(
             f"content-type {ctype or '(none)'!r} is not accepted here; send the image as "
-            "image/*, application/octet-stream or a multipart 'file' field"
+            f"image/*, application/octet-stream or a multipart 'file' field, or a tensor as "
+            f"{RAW_TENSOR}"
         )
     if not data:
         raise BadRequest("the request carries no image bytes")
@@ -168,7 +181,12 @@ async def formats() -> JSONResponse:
             "formats": [{"format": k, "description": v} for k, v in FORMATS.items()],
             "upload": {
                 "endpoint": "POST /api/models/{model_id}/predict",
-                "content_types": ["image/*", "application/octet-stream", "multipart/form-data"],
+                "content_types": [
+                    "image/*",
+                    "application/octet-stream",
+                    "multipart/form-data",
+                    RAW_TENSOR,
+                ],
             },
             "preprocessing_kinds": preprocessing.kinds(),
             "postprocessing_kinds": postprocessing.kinds(),

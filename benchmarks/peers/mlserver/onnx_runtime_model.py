@@ -32,7 +32,6 @@ class OnnxModel(MLModel):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         tensor = NumpyCodec.decode_input(payload.inputs[0]).astype(np.float32, copy=False)
         values = self._session.run(self._outputs, {self._input: tensor})
-        return InferenceResponse(
-            model_name=self.name,
-            outputs=[NumpyCodec.encode_output(n, v) for n, v in zip(self._outputs, values, strict=True)],
-        )
+        pairs = zip(self._outputs, values, strict=True)
+        outputs = [NumpyCodec.encode_output(name, value) for name, value in pairs]
+        return InferenceResponse(model_name=self.name, outputs=outputs)
