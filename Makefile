@@ -23,8 +23,10 @@ lint: $(STAMP)
 
 NODE_STAMP := node_modules/.installed
 
+# `npm install` (not `npm ci`): the lockfile pins every version, but npm leaves out the
+# platform-specific optional packages of other platforms, which `npm ci` then refuses.
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
 test: $(STAMP) $(NODE_STAMP)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,6 +37,8 @@ DType = Literal[
     "bool",
     "string",
 ]
+NUMERIC_DTYPES: tuple[str, ...] = tuple(d for d in get_args(DType) if d != "string")
+"""The dtypes a request may send as a tensor (every declared dtype but ``string``)."""
 Dim = Annotated[int, Field(ge=0)] | str | None
 """A dimension: a fixed size, or a symbolic name / ``None`` for a dynamic one."""
 

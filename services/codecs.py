@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from preprocessing import FeaturesPayload, ImagePayload, Payload, TensorPayload
+from registry.metadata import NUMERIC_DTYPES
 from services.errors import BadRequest, PayloadTooLarge
 
 IMAGE_FORMATS = ("base64_jpeg", "base64_png", "base64_image")
@@ -32,20 +33,7 @@ FORMATS: dict[str, str] = {
     "tensor": "a nested JSON list, or {data: base64 little-endian bytes, dtype, shape}",
     "features": "a JSON object of named numbers, for tabular models",
 }
-TENSOR_DTYPES = {
-    "float32",
-    "float16",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint16",
-    "uint32",
-    "uint64",
-    "bool",
-}
+TENSOR_DTYPES = frozenset(NUMERIC_DTYPES)
 
 
 @dataclass(frozen=True, slots=True)

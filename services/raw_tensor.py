@@ -14,26 +14,11 @@ import math
 import numpy as np
 
 from preprocessing import InputTooLarge, PreprocessingError, TensorPayload
+from registry.metadata import NUMERIC_DTYPES
 
 CONTENT_TYPE = "application/x-cidserve-tensor"
 MAX_RANK = 8
-DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in (
-        "float32",
-        "float16",
-        "float64",
-        "int8",
-        "int16",
-        "int32",
-        "int64",
-        "uint8",
-        "uint16",
-        "uint32",
-        "uint64",
-        "bool",
-    )
-}
+DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name in NUMERIC_DTYPES}
 
 
 def parse_raw_tensor(
