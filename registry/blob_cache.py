@@ -246,26 +246,40 @@ class BlobCache:
             self._load()
         return self.path_for(canonical).is_file()
 
+    def _open_bounded(
+        self, canonical: str, path: Path, max_size: int
+    ) -> tuple[BinaryIO, _Identity] | None:
+        """The blob opened for reading with its identity, ``None`` when it is absent.
+
+        Raises ``ContentTooLarge`` (closing the file) when it is larger than ``max_size``.
+        """
+        with self._lock:
+            self._load()
+        try:
+            f = open(path, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            self._forget(canonical, count_miss=True)
+            return None
+        identity = _identity(os.fstat(f.fileno()))
+        if identity[0] > max_size:
+            f.close()
+            raise ContentTooLarge(
+                f"content {canonical} is {identity[0]} bytes, more than the {max_size} allowed",
+                cid=canonical,
+            )
+        return f, identity
+
     def lookup(self, canonical: str, max_size: int) -> Path | None:
         """The path of the verified blob, or ``None`` on a miss (a corrupt blob is a miss).
 
         Raises ``ContentTooLarge`` when the blob is larger than ``max_size``.
         """
         path = self.path_for(canonical)
-        with self._lock:
-            self._load()
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            self._forget(canonical, count_miss=True)
+        opened = self._open_bounded(canonical, path, max_size)
+        if opened is None:
             return None
+        f, identity = opened
         with f:
-            identity = _identity(os.fstat(f.fileno()))
-            if identity[0] > max_size:
-                raise ContentTooLarge(
-                    f"content {canonical} is {identity[0]} bytes, more than the {max_size} allowed",
-                    cid=canonical,
-                )
             with self._lock:
                 known = self._verified.get(canonical) == identity
             if not known:
@@ -279,20 +293,11 @@ class BlobCache:
     def read_bytes(self, canonical: str, max_size: int) -> bytes | None:
         """The verified bytes of the blob (the bytes returned are the ones checked), or ``None``."""
         path = self.path_for(canonical)
-        with self._lock:
-            self._load()
-        try:
-            f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            self._forget(canonical, count_miss=True)
+        opened = self._open_bounded(canonical, path, max_size)
+        if opened is None:
             return None
+        f, identity = opened
         with f:
-            identity = _identity(os.fstat(f.fileno()))
-            if identity[0] > max_size:
-                raise ContentTooLarge(
-                    f"content {canonical} is {identity[0]} bytes, more than the {max_size} allowed",
-                    cid=canonical,
-                )
             data = f.read(max_size + 1)
         ranges = self._read_record(path, len(data))
         if len(data) != identity[0] or ranges is None or not _bytes_match(data, ranges):
