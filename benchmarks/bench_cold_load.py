@@ -60,7 +60,7 @@ from registry.dagpb import decode_node  # noqa: E402
 from registry.ipfs_store import IpfsConfig, IpfsContentStore  # noqa: E402
 from registry.publish import publish_model  # noqa: E402
 from registry.unixfs import cid_to_str  # noqa: E402
-from services.runtime import SessionConfig, create_session  # noqa: E402
+from services.runtime.session import SessionConfig, create_session  # noqa: E402
 from tests.ipfs_node import IpfsNode  # noqa: E402
 
 PATHS = (
@@ -192,8 +192,9 @@ class Bench:
         return time.perf_counter() - t0
 
     async def service_load(self) -> float:
-        from services.app import build_services, create_app
+        from services.http.app import create_app
         from services.settings import Settings
+        from services.wiring import build_services
         from tests.harness import ServerThread
 
         data_dir = self._fresh_dir()

@@ -460,11 +460,11 @@ class RawModel:
 def build_raw(pub: Published, session_config: Any) -> RawModel:
     import postprocessing
     import preprocessing
-    from services.runtime import create_session, warmup_feeds
+    from services.runtime.session import create_session, warmup_feeds
 
     session, provider, _ = create_session(pub.onnx_path, session_config)
     names = [o.name for o in session.get_outputs()]
-    session.run(names, warmup_feeds(session, pub.metadata))
+    session.run(names, warmup_feeds(session))
     return RawModel(
         session=session,
         provider=provider,
@@ -959,7 +959,7 @@ _EXEC_SETTINGS = (
 
 
 def session_config_from(settings: Any, config_type: Any) -> Any:
-    """The service's SessionConfig for these settings, as ``services.app`` builds it."""
+    """The service's SessionConfig for these settings, as ``services.wiring`` builds it."""
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(config_type):
         source = _SESSION_SETTING.get(f.name, f.name)
@@ -1040,7 +1040,7 @@ def log(msg: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime import SessionConfig
+    from services.runtime.options import SessionConfig
     from services.settings import load_settings
 
     started = time.perf_counter()

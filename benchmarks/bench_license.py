@@ -63,8 +63,8 @@ from services.chain.auth import SignatureAuthenticator  # noqa: E402
 from services.chain.backend import ChainLicenseBackend  # noqa: E402
 from services.chain.rpc import JsonRpcClient  # noqa: E402
 from services.chain.signing import sign_request  # noqa: E402
-from services.kv import MemoryKV  # noqa: E402
 from services.licensing import Caller  # noqa: E402
+from services.state.kv import MemoryKV  # noqa: E402
 from tests.anvil import Anvil, deploy_license  # noqa: E402
 from tests.harness import ServiceProcess, free_port  # noqa: E402
 from tests.models import linear_model  # noqa: E402
@@ -120,7 +120,7 @@ async def interleaved(
 async def redis_kv() -> Any:
     """A RedisKV on the machine's Redis, or None when none answers."""
     try:
-        from services.redis_kv import RedisKV
+        from services.state.redis_kv import RedisKV
     except ImportError:
         return None
     kv = RedisKV(

@@ -23,13 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from starlette.types import Message, Receive, Scope, Send
 
-from services.metrics import STAGES, Metrics
-from services.observability import (
-    RequestMiddleware,
-    note_model,
-    note_stages,
-    setup_logging,
-)
+from services.http.middleware import RequestMiddleware
+from services.observability.context import note_model, note_stages
+from services.observability.logs import setup_logging
+from services.observability.metrics import STAGES, Metrics
 
 N = 20_000
 ROUNDS = 5

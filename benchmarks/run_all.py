@@ -361,7 +361,7 @@ def loadavg() -> list[float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.runtime import SessionConfig
+    from services.runtime.options import SessionConfig
     from services.settings import load_settings
 
     started = time.perf_counter()

@@ -11,12 +11,25 @@ the top-1 ``confidence``, the Shannon ``entropy`` (nats) of the whole distributi
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from postprocessing.base import Options, PostprocessingError, Result, register
-from registry.metadata import ClassificationPostprocessing, Dim, ModelMetadata
+from postprocessing.base import (
+    LabelledOptions,
+    Options,
+    PostprocessingError,
+    PostprocessingKind,
+    Result,
+)
+from registry.metadata import Dim, ModelMetadata
+
+
+class ClassificationPostprocessing(LabelledOptions):
+    """Class scores to the top-k labels, with confidence and entropy."""
+
+    kind: Literal["classification"] = "classification"
+    softmax: bool = True
 
 
 def output_tensor(outputs: dict[str, np.ndarray], name: str) -> np.ndarray:
@@ -69,11 +82,16 @@ def top_indices(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 class ClassificationPostprocessor:
-    """Top-k classes with confidences, for one model's labels."""
+    """Top-k classes with confidences, for one model's labels.
 
-    def __init__(self, metadata: ModelMetadata, labels: list[str] | None) -> None:
-        spec = metadata.postprocessing
-        assert isinstance(spec, ClassificationPostprocessing)
+    Capability: ``classification_output`` is the output it reads (it gives top classes)."""
+
+    def __init__(
+        self,
+        metadata: ModelMetadata,
+        spec: ClassificationPostprocessing,
+        labels: list[str] | None,
+    ) -> None:
         out = metadata.output_spec(spec.output)
         self._name = out.name
         self._softmax = spec.softmax
@@ -83,6 +101,11 @@ class ClassificationPostprocessor:
             raise PostprocessingError(
                 f"{len(labels)} labels for output {out.name!r}, which has {n} classes"
             )
+
+    @property
+    def classification_output(self) -> str:
+        """The output whose rows become top classes."""
+        return self._name
 
     def __call__(
         self, outputs: dict[str, np.ndarray], context: dict[str, Any], options: Options
@@ -123,9 +146,14 @@ class ClassificationPostprocessor:
         return Result(predictions=predictions, details=details)
 
 
-@register("classification")
 def classification_postprocessor(
-    metadata: ModelMetadata, labels: list[str] | None
+    metadata: ModelMetadata, options: ClassificationPostprocessing, labels: list[str] | None
 ) -> ClassificationPostprocessor:
     """Factory for ``postprocessing.kind == "classification"``."""
-    return ClassificationPostprocessor(metadata, labels)
+    return ClassificationPostprocessor(metadata, options, labels)
+
+
+KIND = PostprocessingKind(
+    options=ClassificationPostprocessing, factory=classification_postprocessor
+)
+"""The ``classification`` kind (entry point ``cidserve.postprocessing: classification``)."""

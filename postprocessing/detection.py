@@ -15,13 +15,35 @@ pixels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from postprocessing.base import Options, PostprocessingError, Result, register
+from postprocessing.base import (
+    LabelledOptions,
+    Options,
+    PostprocessingError,
+    PostprocessingKind,
+    PostprocessorBase,
+    Result,
+)
 from postprocessing.classification import output_tensor
-from registry.metadata import DetectionPostprocessing, ModelMetadata
+from registry.metadata import ModelMetadata
+
+
+class DetectionPostprocessing(LabelledOptions):
+    """Raw detector output to boxes, scores and classes, with non-maximum suppression.
+
+    ``format="yolov8"``: one output ``[1, 4 + classes, anchors]`` with ``cx, cy, w, h`` in
+    input pixels followed by per-class scores.
+    """
+
+    kind: Literal["detection"] = "detection"
+    format: Literal["yolov8"] = "yolov8"
+    score_threshold: float = Field(0.25, ge=0.0, le=1.0)
+    iou_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    max_detections: int = Field(100, ge=1, le=10_000)
 
 
 def cxcywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -70,12 +92,15 @@ def to_original(boxes: np.ndarray, context: dict[str, Any]) -> np.ndarray:
     return out
 
 
-class DetectionPostprocessor:
-    """YOLOv8 decoding, thresholding and NMS for one model's labels."""
+class DetectionPostprocessor(PostprocessorBase):
+    """YOLOv8 decoding, thresholding and NMS for one model's labels (boxes, not top classes:
+    no ``classification_output``)."""
 
-    def __init__(self, metadata: ModelMetadata, labels: list[str] | None) -> None:
-        spec = metadata.postprocessing
-        assert isinstance(spec, DetectionPostprocessing)
+    __slots__ = ("_labels", "_name", "_spec")
+
+    def __init__(
+        self, metadata: ModelMetadata, spec: DetectionPostprocessing, labels: list[str] | None
+    ) -> None:
         out = metadata.output_spec(spec.output)
         self._name = out.name
         self._spec = spec
@@ -151,9 +176,12 @@ class DetectionPostprocessor:
         return self._labels[class_id] if self._labels is not None else str(class_id)
 
 
-@register("detection")
 def detection_postprocessor(
-    metadata: ModelMetadata, labels: list[str] | None
+    metadata: ModelMetadata, options: DetectionPostprocessing, labels: list[str] | None
 ) -> DetectionPostprocessor:
     """Factory for ``postprocessing.kind == "detection"``."""
-    return DetectionPostprocessor(metadata, labels)
+    return DetectionPostprocessor(metadata, options, labels)
+
+
+KIND = PostprocessingKind(options=DetectionPostprocessing, factory=detection_postprocessor)
+"""The ``detection`` kind (entry point ``cidserve.postprocessing: detection``)."""

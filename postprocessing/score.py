@@ -8,13 +8,30 @@ value optionally goes through a sigmoid, then optionally is clamped to ``[0, 1]`
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from postprocessing.base import Options, PostprocessingError, Result, register
+from postprocessing.base import (
+    Options,
+    PostprocessingError,
+    PostprocessingKind,
+    PostprocessingOptions,
+    PostprocessorBase,
+    Result,
+)
 from postprocessing.classification import declared_classes, output_tensor
-from registry.metadata import ModelMetadata, ScorePostprocessing
+from registry.metadata import ModelMetadata
+
+
+class ScorePostprocessing(PostprocessingOptions):
+    """One number per request (e.g. a compatibility score), optionally squashed or clamped."""
+
+    kind: Literal["score"] = "score"
+    label: str = Field("score", max_length=128)
+    sigmoid: bool = False
+    clamp: bool = False
 
 
 def sigmoid(x: float) -> float:
@@ -25,12 +42,14 @@ def sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-class ScorePostprocessor:
-    """Reads the single value a score model outputs."""
+class ScorePostprocessor(PostprocessorBase):
+    """Reads the single value a score model outputs (no ``classification_output``)."""
 
-    def __init__(self, metadata: ModelMetadata, labels: list[str] | None) -> None:
-        spec = metadata.postprocessing
-        assert isinstance(spec, ScorePostprocessing)
+    __slots__ = ("_clamp", "_label", "_name", "_sigmoid")
+
+    def __init__(
+        self, metadata: ModelMetadata, spec: ScorePostprocessing, labels: list[str] | None
+    ) -> None:
         out = metadata.output_spec(spec.output)
         self._name = out.name
         self._label = spec.label
@@ -66,7 +85,12 @@ class ScorePostprocessor:
         )
 
 
-@register("score")
-def score_postprocessor(metadata: ModelMetadata, labels: list[str] | None) -> ScorePostprocessor:
+def score_postprocessor(
+    metadata: ModelMetadata, options: ScorePostprocessing, labels: list[str] | None
+) -> ScorePostprocessor:
     """Factory for ``postprocessing.kind == "score"``."""
-    return ScorePostprocessor(metadata, labels)
+    return ScorePostprocessor(metadata, options, labels)
+
+
+KIND = PostprocessingKind(options=ScorePostprocessing, factory=score_postprocessor)
+"""The ``score`` kind (entry point ``cidserve.postprocessing: score``)."""

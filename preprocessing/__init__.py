@@ -1,12 +1,15 @@
 """Request payload -> model input tensors.
 
-Importing this package registers the built-in kinds (``image``, ``tensor``, ``tabular``);
-:func:`create` builds a model's preprocessor from its metadata, and :func:`tensor_feeds`
-feeds a raw tensor to a model of any kind.
+Kinds are plug-ins found by entry point (group ``cidserve.preprocessing``; cidserve's own
+``image``, ``tensor`` and ``tabular`` are declared the same way): :func:`kinds` lists them,
+:func:`create` builds a model's preprocessor from its metadata, :func:`validate_options`
+checks a ``preprocessing`` spec (publishing), and :func:`tensor_feeds` feeds a raw tensor to
+a model of any kind. See docs/EXTENDING.md.
 """
 
-from preprocessing import image, tabular, tensor
 from preprocessing.base import (
+    GROUP,
+    KINDS,
     FeaturesPayload,
     ImagePayload,
     InputTooLarge,
@@ -14,16 +17,23 @@ from preprocessing.base import (
     Payload,
     Prepared,
     PreprocessingError,
+    PreprocessingKind,
+    PreprocessingOptions,
     Preprocessor,
+    PreprocessorBase,
     PreprocessorFactory,
     TensorPayload,
     create,
     kinds,
+    parse_options,
     register,
+    validate_options,
 )
-from preprocessing.tensor import tensor_feeds
+from preprocessing.feeds import tensor_feeds
 
 __all__ = [
+    "GROUP",
+    "KINDS",
     "FeaturesPayload",
     "ImagePayload",
     "InputTooLarge",
@@ -31,14 +41,16 @@ __all__ = [
     "Payload",
     "Prepared",
     "PreprocessingError",
+    "PreprocessingKind",
+    "PreprocessingOptions",
     "Preprocessor",
+    "PreprocessorBase",
     "PreprocessorFactory",
     "TensorPayload",
     "create",
-    "image",
     "kinds",
+    "parse_options",
     "register",
-    "tabular",
-    "tensor",
     "tensor_feeds",
+    "validate_options",
 ]

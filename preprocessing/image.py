@@ -1,6 +1,7 @@
 """The ``image`` preprocessing kind: encoded image bytes -> the model's image tensor.
 
-Per request: identify the image from its header and refuse it when ``width * height`` exceeds
+Options: :class:`preprocessing.image_options.ImagePreprocessing`. Per request: identify the
+image from its header and refuse it when ``width * height`` exceeds
 ``Limits.max_image_pixels`` (before any pixel is decoded); let the JPEG decoder scale down in
 the DCT domain (``Image.draft``) to no less than the size the resize needs; decode; apply the
 EXIF orientation; convert to RGB; resize (``shorter_side`` + center crop, ``stretch`` or
@@ -40,11 +41,12 @@ from preprocessing.base import (
     Payload,
     Prepared,
     PreprocessingError,
+    PreprocessingKind,
     TensorPayload,
-    register,
 )
-from preprocessing.tensor import TensorInput, model_input, numpy_dtype, wrong_payload
-from registry.metadata import ImagePreprocessing, MeanStd, MetadataError, ModelMetadata
+from preprocessing.feeds import TensorInput, model_input, numpy_dtype, wrong_payload
+from preprocessing.image_options import ImagePreprocessing, MeanStd
+from registry.metadata import MetadataError, ModelMetadata
 
 EXPECTS = "an image (base64_jpeg, base64_png, raw image body) or a tensor"
 
@@ -222,11 +224,12 @@ class PixelWriter:
 
 
 class ImagePreprocessor:
-    """The ``image`` kind: decodes one image per request into the model's input tensor."""
+    """The ``image`` kind: decodes one image per request into the model's input tensor.
 
-    def __init__(self, metadata: ModelMetadata, limits: Limits) -> None:
-        spec = metadata.preprocessing
-        assert isinstance(spec, ImagePreprocessing)
+    Capabilities: ``image_input`` is the input it feeds; ``warmup_shapes()`` gives that
+    input batch 1, 3 channels and the configured height and width, in the layout's order."""
+
+    def __init__(self, metadata: ModelMetadata, spec: ImagePreprocessing, limits: Limits) -> None:
         self._spec = spec
         target = model_input(metadata)
         dtype = numpy_dtype(target.dtype)
@@ -237,6 +240,15 @@ class ImagePreprocessor:
         self._resample = _RESAMPLE[spec.interpolation]
         self._writer = PixelWriter(spec, dtype)
         self._input_size = (spec.size[1], spec.size[0])
+
+    @property
+    def image_input(self) -> str:
+        """The model input that encoded images feed."""
+        return self._name
+
+    def warmup_shapes(self) -> dict[str, list[int]]:
+        """The input's shape for one image: ``[1, 3, H, W]`` (NCHW) or ``[1, H, W, 3]``."""
+        return {self._name: _input_shape(self._spec)}
 
     def __call__(self, payload: Payload) -> Prepared:
         """Feeds (and geometry context) for one image; a tensor is checked and fed as is."""
@@ -361,8 +373,7 @@ def _check_input(spec: ImagePreprocessing, name: str, shape: list[Any], dtype: n
             f"({spec.layout})",
             "inputs",
         )
-    h, w = spec.size
-    expected = [1, 3, h, w] if spec.layout == "NCHW" else [1, h, w, 3]
+    expected = _input_shape(spec)
     for axis, (want, declared) in enumerate(zip(expected, shape, strict=True)):
         if isinstance(declared, int) and declared != want:
             raise MetadataError(
@@ -373,7 +384,17 @@ def _check_input(spec: ImagePreprocessing, name: str, shape: list[Any], dtype: n
             )
 
 
-@register("image")
-def image_preprocessor(metadata: ModelMetadata, limits: Limits) -> ImagePreprocessor:
+def _input_shape(spec: ImagePreprocessing) -> list[int]:
+    h, w = spec.size
+    return [1, 3, h, w] if spec.layout == "NCHW" else [1, h, w, 3]
+
+
+def image_preprocessor(
+    metadata: ModelMetadata, options: ImagePreprocessing, limits: Limits
+) -> ImagePreprocessor:
     """Factory for ``preprocessing.kind == "image"``."""
-    return ImagePreprocessor(metadata, limits)
+    return ImagePreprocessor(metadata, options, limits)
+
+
+KIND = PreprocessingKind(options=ImagePreprocessing, factory=image_preprocessor)
+"""The ``image`` kind (entry point ``cidserve.preprocessing: image``)."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from preprocessing.base import (
     FeaturesPayload,
@@ -19,17 +21,18 @@ from preprocessing.base import (
     Payload,
     Prepared,
     PreprocessingError,
+    PreprocessingKind,
+    PreprocessingOptions,
     TensorPayload,
-    register,
 )
-from preprocessing.tensor import (
+from preprocessing.feeds import (
     TensorInput,
     format_shape,
     model_input,
     numpy_dtype,
     wrong_payload,
 )
-from registry.metadata import Feature, MetadataError, ModelMetadata, TabularPreprocessing
+from registry.metadata import MetadataError, ModelMetadata
 
 EXPECTS = "features (a JSON object of named numbers) or a tensor"
 _MAX_NAMED = 10
@@ -41,12 +44,49 @@ def _names(names: list[str]) -> str:
     return shown + more
 
 
-class TabularPreprocessor:
-    """Scales a request's named features into the model's input row."""
+class Feature(BaseModel):
+    """One named feature of a tabular model: ``(value - offset) / scale``."""
 
-    def __init__(self, metadata: ModelMetadata, limits: Limits) -> None:
-        spec = metadata.preprocessing
-        assert isinstance(spec, TabularPreprocessing)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    offset: float = 0.0
+    scale: float = 1.0
+    default: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("scale must not be 0")
+        return v
+
+
+class TabularPreprocessing(PreprocessingOptions):
+    """Named features (a JSON object) to one row vector, in the order given here."""
+
+    kind: Literal["tabular"] = "tabular"
+    features: list[Feature] = Field(min_length=1, max_length=10_000)
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v: list[Feature]) -> list[Feature]:
+        names = [f.name for f in v]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique")
+        return v
+
+
+class TabularPreprocessor:
+    """Scales a request's named features into the model's input row.
+
+    Capabilities: takes no images; the warm-up input is one row ``[1, n_features]``."""
+
+    image_input = None
+
+    def __init__(self, metadata: ModelMetadata, spec: TabularPreprocessing, limits: Limits) -> None:
         target = model_input(metadata)
         dtype = numpy_dtype(target.dtype)
         n = len(spec.features)
@@ -74,6 +114,10 @@ class TabularPreprocessor:
         self._known = frozenset(f.name for f in spec.features)
         self._offset = np.array([f.offset for f in spec.features], np.float64)
         self._scale = np.array([f.scale for f in spec.features], np.float64)
+
+    def warmup_shapes(self) -> dict[str, list[int]]:
+        """One row of the model's features."""
+        return {self._name: [1, len(self._features)]}
 
     def __call__(self, payload: Payload) -> Prepared:
         """The input row for one request's features; a tensor is checked and fed as is."""
@@ -122,7 +166,12 @@ def _checked(feature: Feature, value: object) -> float:
     return number
 
 
-@register("tabular")
-def tabular_preprocessor(metadata: ModelMetadata, limits: Limits) -> TabularPreprocessor:
+def tabular_preprocessor(
+    metadata: ModelMetadata, options: TabularPreprocessing, limits: Limits
+) -> TabularPreprocessor:
     """Factory for ``preprocessing.kind == "tabular"``."""
-    return TabularPreprocessor(metadata, limits)
+    return TabularPreprocessor(metadata, options, limits)
+
+
+KIND = PreprocessingKind(options=TabularPreprocessing, factory=tabular_preprocessor)
+"""The ``tabular`` kind (entry point ``cidserve.preprocessing: tabular``)."""

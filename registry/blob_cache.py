@@ -7,20 +7,16 @@ from memory, or a service restarted, does not download it again. Layout::
     <root>/<last two characters of the CID>/<CIDv1 base32>.sha256   its record (see below)
     <root>/.incoming-*.tmp                                           writes in progress
 
-A blob is written to a temporary file while it is verified (the caller streams verified bytes
-into :class:`PendingBlob`), then renamed into place: a blob is complete or absent. Its record,
-written (atomically) just before it, lists the SHA-256 of each range of the file: for a raw
-leaf that is the digest its CID carries, already checked when the block arrived (so the bytes
-are hashed once); other ranges are hashed as they are written. The record is needed because
-the CID of a UnixFS file cannot always be recomputed from the file alone (the DAG's layout is
-not in the file); the SHA-256 of its ranges can. A read checks the blob against its record; a
-blob that fails, or lacks its record, is deleted and reported as a miss, so the caller fetches
-and verifies it again. The check is remembered per file identity (size, mtime, inode), so an
-unchanged file is hashed once per process. Nothing is fsynced: an entry torn by a power cut
-fails its check on the next read and is fetched again, so durability would cost time (tens of
-milliseconds per model) and buy nothing. The record guards against damage (a disk, a partial
-copy, a stray edit), not against someone who can write the directory: they could rewrite the
-record too, as they could the code.
+A blob is written to a temporary file while it is verified, then renamed into place, its
+record of the SHA-256 of each range of the file just before it (``registry.blob_record``): a
+blob is complete or absent. A read checks the blob against its record; a blob that fails, or
+lacks its record, is deleted and reported as a miss, so the caller fetches and verifies it
+again. The check is remembered per file identity (size, mtime, inode), so an unchanged file is
+hashed once per process. Nothing is fsynced: an entry torn by a power cut fails its check on
+the next read and is fetched again, so durability would cost time (tens of milliseconds per
+model) and buy nothing. The record guards against damage (a disk, a partial copy, a stray
+edit), not against someone who can write the directory: they could rewrite the record too, as
+they could the code.
 
 Size bound: the total of the blobs is kept under ``max_bytes`` by deleting the least recently
 used ones after each write. Blobs used in the last ``protect_s`` seconds are kept even over the
@@ -35,37 +31,35 @@ All methods block (file I/O and hashing): call them from a worker thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from registry.blob_record import (
+    TMP_PREFIX,
+    PendingBlob,
+    bytes_match,
+    file_matches,
+    read_record,
+    record_path,
+)
 from registry.store import ContentTooLarge
 
 log = logging.getLogger("cidserve.blob_cache")
 
-READ_SIZE = 1 << 20
 TOUCH_INTERVAL_S = 60.0
 """A blob's mtime (its recency on disk) is refreshed at most this often."""
 
 STALE_TMP_S = 3600.0
 """Temporary files older than this are left over from a crashed writer and are deleted."""
 
-_TMP_PREFIX = ".incoming-"
-_TMP_SUFFIX = ".tmp"
-_RECORD_SUFFIX = ".sha256"
 _NAME = re.compile(r"b[a-z2-7]{20,200}")
-_RECORD_MAGIC = "cidserve-blob-sha256 1"
-_RANGE = re.compile(r"([0-9]{1,20}) ([0-9a-f]{64})")
-MAX_RECORD_BYTES = 64 << 20
-"""Largest ``.sha256`` record read (a 4 GiB file of 256 KiB blocks needs about 1.2 MB)."""
 
 _Identity = tuple[int, int, int]  # (size, mtime_ns, inode)
 
@@ -79,104 +73,6 @@ class _Entry:
     size: int
     used_at: float  # wall clock of the last use
     touched_at: float  # wall clock of the last mtime refresh
-
-
-class PendingBlob:
-    """A blob being written: a temporary file in the cache directory plus a running SHA-256.
-
-    Write verified bytes with :meth:`write`, or with :meth:`write_digested` when their SHA-256
-    is already known (a raw leaf's CID carries it: the bytes are then hashed once, when they
-    are checked against the CID), or as parts followed by :meth:`add_range` (the caller hashes
-    them on the way: ``registry.dag_verify.LeafVerifier``); ``flush`` and ``fileno`` serve
-    readers of what was already written. Then :meth:`BlobCache.commit` or :meth:`abort`. The
-    record kept beside the blob lists the SHA-256 of each range of the file as it was written.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        fd, name = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-        self.path = Path(name)
-        try:
-            os.fchmod(fd, 0o644)
-            self.file: BinaryIO = os.fdopen(fd, "w+b")
-        except BaseException:
-            os.close(fd)
-            self.path.unlink(missing_ok=True)
-            raise
-        self.size = 0
-        self._ranges: list[tuple[int, bytes]] = []
-        self._open: Any = None  # a running hashlib.sha256 over the current unhashed range
-        self._open_len = 0
-        self._pending = 0  # bytes written by write_part not yet recorded by add_range
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append bytes whose SHA-256 is not known yet (hashed here)."""
-        if self._open is None:
-            self._open = hashlib.sha256()
-            self._open_len = 0
-        self._open.update(data)
-        self._open_len += len(data)
-        n = self.file.write(data)
-        self.size += len(data)
-        return n
-
-    def write_digested(self, data: bytes | bytearray | memoryview, sha256: bytes) -> None:
-        """Append bytes whose SHA-256 the caller has checked already."""
-        self._close_range()
-        self._ranges.append((len(data), sha256))
-        self.file.write(data)
-        self.size += len(data)
-
-    def write_part(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes that later :meth:`add_range` calls account for (the caller hashes
-        them)."""
-        self._close_range()
-        self.file.write(data)
-        self.size += len(data)
-        self._pending += len(data)
-
-    def add_range(self, length: int, sha256: bytes) -> None:
-        """Record the SHA-256 of the next ``length`` bytes written with :meth:`write_part` and
-        not recorded yet."""
-        if length > self._pending:
-            raise ValueError(f"add_range({length}) with {self._pending} bytes of parts")
-        self._ranges.append((length, sha256))
-        self._pending -= length
-
-    def rewind(self, size: int) -> None:
-        """Drop what was written with :meth:`write_part` after ``size`` bytes (not recorded)."""
-        if size != self.size - self._pending:
-            raise ValueError("rewind() only drops parts not recorded yet")
-        self.file.seek(size)
-        self.file.truncate()
-        self.size = size
-        self._pending = 0
-
-    def _close_range(self) -> None:
-        if self._open is not None:
-            if self._open_len:
-                self._ranges.append((self._open_len, self._open.digest()))
-            self._open = None
-
-    def record(self) -> str:
-        """The text of the ``.sha256`` record: a header, then ``<length> <sha256>`` per range."""
-        if self._pending:
-            raise ValueError(f"{self._pending} bytes were written without a digest")
-        self._close_range()
-        lines = [f"{_RECORD_MAGIC} {self.size} {len(self._ranges)}"]
-        lines.extend(f"{n} {digest.hex()}" for n, digest in self._ranges)
-        return "\n".join(lines) + "\n"
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def fileno(self) -> int:
-        return self.file.fileno()
-
-    def abort(self) -> None:
-        """Drop the partial blob."""
-        with contextlib.suppress(OSError):
-            self.file.close()
-        self.path.unlink(missing_ok=True)
 
 
 class BlobCache:
@@ -204,10 +100,6 @@ class BlobCache:
             raise ValueError(f"not a canonical CID: {canonical!r}")
         return self.root / canonical[-2:] / canonical
 
-    @staticmethod
-    def _record_path(path: Path) -> Path:
-        return path.with_name(path.name + _RECORD_SUFFIX)
-
     def _load(self) -> OrderedDict[str, _Entry]:
         """Scan the directory once (under the lock): index the blobs by recency (mtime)."""
         if self._entries is not None:
@@ -217,7 +109,7 @@ class BlobCache:
         now = time.time()
         with os.scandir(self.root) as top:
             for sub in top:
-                if sub.name.startswith(_TMP_PREFIX):
+                if sub.name.startswith(TMP_PREFIX):
                     with contextlib.suppress(OSError):
                         if now - sub.stat().st_mtime > STALE_TMP_S:
                             os.unlink(sub.path)
@@ -283,8 +175,8 @@ class BlobCache:
             with self._lock:
                 known = self._verified.get(canonical) == identity
             if not known:
-                ranges = self._read_record(path, identity[0])
-                if ranges is None or not _file_matches(f, ranges):
+                ranges = read_record(path, identity[0])
+                if ranges is None or not file_matches(f, ranges):
                     self._drop(canonical, path, identity)
                     return None
         self._used(canonical, path, identity)
@@ -299,40 +191,12 @@ class BlobCache:
         f, identity = opened
         with f:
             data = f.read(max_size + 1)
-        ranges = self._read_record(path, len(data))
-        if len(data) != identity[0] or ranges is None or not _bytes_match(data, ranges):
+        ranges = read_record(path, len(data))
+        if len(data) != identity[0] or ranges is None or not bytes_match(data, ranges):
             self._drop(canonical, path, identity)
             return None
         self._used(canonical, path, identity)
         return data
-
-    def _read_record(self, path: Path, size: int) -> list[tuple[int, bytes]] | None:
-        """The ranges of a blob's record, or ``None`` when it is missing or does not describe
-        a file of ``size`` bytes."""
-        try:
-            with open(self._record_path(path), "rb") as rec:
-                raw = rec.read(MAX_RECORD_BYTES + 1)
-        except OSError:
-            return None
-        if len(raw) > MAX_RECORD_BYTES:
-            return None
-        lines = raw.decode("ascii", "replace").split("\n")
-        head = lines[0].rsplit(" ", 2)
-        if len(head) != 3 or head[0] != _RECORD_MAGIC or head[1] != str(size):
-            return None
-        count = int(head[2]) if head[2].isdigit() else -1
-        if count < 0 or len(lines) != count + 2 or lines[-1] != "":
-            return None
-        ranges: list[tuple[int, bytes]] = []
-        total = 0
-        for line in lines[1:-1]:
-            m = _RANGE.fullmatch(line)
-            if m is None:
-                return None
-            n = int(m.group(1))
-            ranges.append((n, bytes.fromhex(m.group(2))))
-            total += n
-        return ranges if total == size else None
 
     def _used(self, canonical: str, path: Path, identity: _Identity) -> None:
         """Record a hit: recency in memory, and on disk at most once a minute."""
@@ -374,7 +238,7 @@ class BlobCache:
         with contextlib.suppress(OSError):
             if _identity(os.stat(path)) == identity:
                 path.unlink()
-                self._record_path(path).unlink(missing_ok=True)
+                record_path(path).unlink(missing_ok=True)
         self._forget(canonical, count_miss=True)
         with self._lock:
             self.corrupt_dropped += 1
@@ -390,23 +254,7 @@ class BlobCache:
     def commit(self, canonical: str, pending: PendingBlob) -> Path:
         """Install a completely written and verified blob under ``canonical``; evict to fit."""
         path = self.path_for(canonical)
-        try:
-            pending.file.close()
-            path.parent.mkdir(exist_ok=True)
-            record_fd, record_tmp = tempfile.mkstemp(
-                dir=self.root, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX
-            )
-            try:
-                with os.fdopen(record_fd, "w") as rec:
-                    rec.write(pending.record())
-                os.replace(record_tmp, self._record_path(path))
-            except BaseException:
-                Path(record_tmp).unlink(missing_ok=True)
-                raise
-            os.replace(pending.path, path)
-        except BaseException:
-            pending.abort()
-            raise
+        pending.install(path)
         identity = _identity(os.stat(path))
         now = time.time()
         with self._lock:
@@ -453,7 +301,7 @@ class BlobCache:
         with contextlib.suppress(OSError):
             path.unlink()
         with contextlib.suppress(OSError):
-            self._record_path(path).unlink()
+            record_path(path).unlink()
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -476,33 +324,3 @@ class BlobCache:
         with self._lock:
             self._load()
         return self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
-
-
-def _file_matches(f: BinaryIO, ranges: list[tuple[int, bytes]]) -> bool:
-    """Whether the file, read from its start, hashes range by range to ``ranges``."""
-    f.seek(0)
-    buf = bytearray(READ_SIZE)
-    with memoryview(buf) as view:
-        for length, digest in ranges:
-            h = hashlib.sha256()
-            left = length
-            while left:
-                n = f.readinto(view[: min(left, READ_SIZE)])
-                if not n:
-                    return False
-                h.update(view[:n])
-                left -= n
-            if h.digest() != digest:
-                return False
-    return not f.read(1)
-
-
-def _bytes_match(data: bytes, ranges: list[tuple[int, bytes]]) -> bool:
-    """Whether ``data`` hashes range by range to ``ranges``."""
-    pos = 0
-    with memoryview(data) as view:
-        for length, digest in ranges:
-            if hashlib.sha256(view[pos : pos + length]).digest() != digest:
-                return False
-            pos += length
-    return pos == len(data)

@@ -18,17 +18,15 @@ module works without them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from registry.files import AtomicFile, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -150,15 +148,6 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def _sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's contents."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _export_onnx(model: nn.Module, path: Path) -> None:
     """Export ``model`` (in eval mode) to ONNX at ``path``, atomically.
 
@@ -170,10 +159,9 @@ def _export_onnx(model: nn.Module, path: Path) -> None:
     onnx = _require("onnx")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with AtomicFile(path.parent, f".{path.name}.", ".tmp") as atomic:
+        atomic.file.close()  # the exporter writes the file by its path
+        tmp = atomic.path
         dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is chosen on purpose (dynamo=False) and says it is
@@ -194,13 +182,7 @@ def _export_onnx(model: nn.Module, path: Path) -> None:
                 dynamo=False,
             )
         onnx.checker.check_model(str(tmp), full_check=True)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.chmod(0o644)  # mkstemp creates 0600; the file is meant to be readable
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        atomic.commit(path, fsync=True)
 
 
 def _info(
@@ -218,7 +200,7 @@ def _info(
         opset=OPSET,
         seconds=time.perf_counter() - started,
         size_bytes=path.stat().st_size,
-        sha256=_sha256_file(path),
+        sha256=sha256_file(path),
         weights=weights,
         preprocessing=preprocessing,
         versions=versions,
@@ -251,7 +233,7 @@ def export_efficientnet_lite0(path: Path) -> ExportInfo:
             raise RuntimeError(
                 f"{_LITE0_WEIGHTS_FILE} not found in {_LITE0_WEIGHTS_MODULE}; run: {_EXTRA_HINT}"
             )
-        digest = _sha256_file(weights_file)
+        digest = sha256_file(weights_file)
         if digest != _LITE0_WEIGHTS_SHA256:
             raise RuntimeError(
                 f"{weights_file} has SHA-256 {digest}, expected {_LITE0_WEIGHTS_SHA256}"

@@ -19,12 +19,12 @@ import base64
 import contextlib
 import os
 import re
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
+from registry.files import AtomicFile, fsync_dir
 from registry.store import (
     ContentIntegrityError,
     ContentNotFound,
@@ -58,20 +58,6 @@ def _identity(st: os.stat_result) -> _FileIdentity:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory entry change (best effort where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _read_at_most(f: BinaryIO, limit: int) -> bytes:
     """Read to end of file or ``limit`` bytes, whichever comes first, in bounded reads."""
     parts: list[bytes] = []
@@ -90,15 +76,8 @@ class _BlobWriter:
 
     def __init__(self, blobs: Path) -> None:
         self._blobs = blobs
-        fd, name = tempfile.mkstemp(dir=blobs, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
-        self._tmp = Path(name)
-        try:
-            os.fchmod(fd, 0o644)
-            self._file: BinaryIO = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            self._tmp.unlink(missing_ok=True)
-            raise
+        self._tmp = AtomicFile(blobs, _TMP_PREFIX, _TMP_SUFFIX)
+        self._file = self._tmp.file
         self._builder = UnixFSBuilder()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -118,24 +97,19 @@ class _BlobWriter:
     def commit(self, target_for: _PathFor) -> str:
         """Make the blob durable under its CID; return the CID."""
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
             cid = self._builder.finish()
             target = target_for(cid)
             target.parent.mkdir(exist_ok=True)
-            os.replace(self._tmp, target)
         except BaseException:
             self.abort()
             raise
-        _fsync_dir(target.parent)
+        self._tmp.commit(target, fsync=True)
+        fsync_dir(target.parent)
         return cid
 
     def abort(self) -> None:
         """Drop the partial blob."""
-        with contextlib.suppress(OSError):
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        self._tmp.abort()
 
 
 class _PathFor:

@@ -7,6 +7,15 @@ what users load (``POST /api/models/load {metadataCid}``).
 Everything in here is untrusted input when it comes back from a store: :func:`parse_metadata`
 bounds the size, parses strictly (unknown fields are rejected) and raises
 :class:`MetadataError` with a message that names the offending field.
+
+``preprocessing`` and ``postprocessing`` are open specs (:class:`PreprocessingSpec`,
+:class:`PostprocessingSpec`): ``kind`` names a kind, a plug-in above this layer
+(``preprocessing`` / ``postprocessing`` packages, found by entry point through
+:mod:`registry.kinds`), and the kind's options are kept as given; the kind validates them,
+just as strictly, when the model is loaded or published. Here only the fields that core code
+reads for every kind are checked (``kind``, ``input``, ``output``, ``labels``,
+``labels_cid``). Serialization is canonical (:meth:`ModelMetadata.to_json_bytes`), so the same
+document always has the same CID.
 """
 
 from __future__ import annotations
@@ -14,9 +23,18 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = "cidserve.metadata/v1"
 MAX_METADATA_BYTES = 1 << 20
@@ -58,7 +76,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _check_cid(value: str) -> str:
+def check_cid(value: str) -> str:
+    """``value`` if it is a CID (v0 or base32 v1); ValueError otherwise."""
     if not _CID_RE.match(value):
         raise ValueError(f"not a CID: {value[:80]!r}")
     return value
@@ -85,157 +104,83 @@ class ModelFile(_Strict):
     format: Literal["onnx"] = "onnx"
     opset: int = Field(ge=1, le=100)
 
-    _cid = field_validator("cid")(_check_cid)
+    _cid = field_validator("cid")(check_cid)
 
 
-class MeanStd(_Strict):
-    """``(pixel / 255 - mean) / std`` per channel, channels in the model's channel order."""
+Label = Annotated[str, Field(max_length=512)]
+Labels = Annotated[list[Label], Field(max_length=MAX_LABELS)]
+"""Class labels given inline (``postprocessing.labels``)."""
 
-    type: Literal["mean_std"] = "mean_std"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    @field_validator("std")
-    @classmethod
-    def _std_nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if any(s == 0 for s in v):
-            raise ValueError("std must not contain 0")
-        return v
+_KIND_RE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 
 
-class ScaleOffset(_Strict):
-    """``pixel * scale + offset`` on 0..255 pixels (e.g. ``(x - 127) / 128``)."""
+class LabelSource(BaseModel):
+    """Where a kind's class labels come from: ``labels`` inline or a ``labels_cid`` (a JSON
+    array or text file, fetched and verified by the loader), not both."""
 
-    type: Literal["scale_offset"] = "scale_offset"
-    scale: float
-    offset: float = 0.0
-
-
-Normalization = Annotated[MeanStd | ScaleOffset, Field(discriminator="type")]
-
-
-class ImagePreprocessing(_Strict):
-    """Decode an image and make the model's input tensor from it.
-
-    ``resize_mode``:
-    * ``shorter_side``: scale so the shorter side is ``min(size) / crop_ratio``, then center-crop
-      ``size`` (the usual ImageNet evaluation transform: 256 -> 224 is ``crop_ratio=0.875``);
-    * ``stretch``: resize straight to ``size``, ignoring the aspect ratio;
-    * ``letterbox``: scale to fit inside ``size`` keeping the aspect ratio and pad with
-      ``pad_value`` (YOLO-style detectors; boxes are mapped back to the original image).
-    """
-
-    kind: Literal["image"] = "image"
-    input: str | None = None
-    size: tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]]
-    resize_mode: Literal["shorter_side", "stretch", "letterbox"] = "shorter_side"
-    crop_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bilinear"
-    normalize: Normalization | None = None
-    channel_order: Literal["RGB", "BGR"] = "RGB"
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    pad_value: int = Field(114, ge=0, le=255)
-
-
-class TensorPreprocessing(_Strict):
-    """The request carries the tensor itself; it is checked against the input's dtype/shape."""
-
-    kind: Literal["tensor"] = "tensor"
-    input: str | None = None
-
-
-class Feature(_Strict):
-    """One named feature of a tabular model: ``(value - offset) / scale``."""
-
-    name: str = Field(min_length=1, max_length=128)
-    offset: float = 0.0
-    scale: float = 1.0
-    default: float | None = None
-    min: float | None = None
-    max: float | None = None
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_nonzero(cls, v: float) -> float:
-        if v == 0:
-            raise ValueError("scale must not be 0")
-        return v
-
-
-class TabularPreprocessing(_Strict):
-    """Named features (a JSON object) to one row vector, in the order given here."""
-
-    kind: Literal["tabular"] = "tabular"
-    input: str | None = None
-    features: list[Feature] = Field(min_length=1, max_length=10_000)
-
-    @field_validator("features")
-    @classmethod
-    def _unique(cls, v: list[Feature]) -> list[Feature]:
-        names = [f.name for f in v]
-        if len(set(names)) != len(names):
-            raise ValueError("feature names must be unique")
-        return v
-
-
-Preprocessing = Annotated[
-    ImagePreprocessing | TensorPreprocessing | TabularPreprocessing, Field(discriminator="kind")
-]
-
-
-class _Labelled(_Strict):
-    labels: list[Annotated[str, Field(max_length=512)]] | None = Field(None, max_length=MAX_LABELS)
+    labels: Labels | None = None
     labels_cid: str | None = None
 
     @field_validator("labels_cid")
     @classmethod
     def _labels_cid(cls, v: str | None) -> str | None:
-        return None if v is None else _check_cid(v)
+        return None if v is None else check_cid(v)
 
     @model_validator(mode="after")
-    def _one_label_source(self) -> _Labelled:
+    def _one_label_source(self) -> Self:
         if self.labels is not None and self.labels_cid is not None:
             raise ValueError("give labels inline or by labels_cid, not both")
         return self
 
 
-class ClassificationPostprocessing(_Labelled):
-    """Class scores to the top-k labels, with confidence and entropy."""
+class KindSpec(BaseModel):
+    """A kind's spec: ``kind`` plus that kind's options, kept as given (``extra="allow"``).
 
-    kind: Literal["classification"] = "classification"
-    output: str | None = None
-    softmax: bool = True
-
-
-class DetectionPostprocessing(_Labelled):
-    """Raw detector output to boxes, scores and classes, with non-maximum suppression.
-
-    ``format="yolov8"``: one output ``[1, 4 + classes, anchors]`` with ``cx, cy, w, h`` in
-    input pixels followed by per-class scores.
+    The options are the plug-in's business: it validates them strictly when the model is
+    loaded (``preprocessing.create`` / ``postprocessing.create``) or published
+    (``validate_options``). Here only the fields core reads generically are checked.
     """
 
-    kind: Literal["detection"] = "detection"
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: str = Field(pattern=_KIND_RE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_options(cls, data: Any) -> Any:
+        # A kind's options model (or another spec) stands for its JSON document.
+        if isinstance(data, BaseModel) and not isinstance(data, cls):
+            return data.model_dump(mode="json")
+        return data
+
+
+class PreprocessingSpec(KindSpec):
+    """``preprocessing``: ``kind``, the model input it feeds (``input``; None: the first) and
+    the kind's options. ``input`` is always written, as every built-in kind declares it."""
+
+    input: str | None = None
+
+
+class PostprocessingSpec(LabelSource, KindSpec):
+    """``postprocessing``: ``kind``, the output it reads (``output``; None: the first), the
+    labels when the kind takes them (inline ``labels`` or by ``labels_cid``; written only when
+    given, since kinds without labels refuse these fields) and the kind's options."""
+
     output: str | None = None
-    format: Literal["yolov8"] = "yolov8"
-    score_threshold: float = Field(0.25, ge=0.0, le=1.0)
-    iou_threshold: float = Field(0.45, ge=0.0, le=1.0)
-    max_detections: int = Field(100, ge=1, le=10_000)
+
+    @model_serializer(mode="wrap")
+    def _written_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        doc: dict[str, Any] = handler(self)
+        for name in ("labels", "labels_cid"):
+            if name not in self.model_fields_set:
+                doc.pop(name, None)
+        return doc
 
 
-class ScorePostprocessing(_Strict):
-    """One number per request (e.g. a compatibility score), optionally squashed or clamped."""
-
-    kind: Literal["score"] = "score"
-    output: str | None = None
-    label: str = Field("score", max_length=128)
-    sigmoid: bool = False
-    clamp: bool = False
-
-
-Postprocessing = Annotated[
-    ClassificationPostprocessing | DetectionPostprocessing | ScorePostprocessing,
-    Field(discriminator="kind"),
-]
+Preprocessing = PreprocessingSpec
+"""The ``preprocessing`` field's type (an open spec; kinds are plug-ins)."""
+Postprocessing = PostprocessingSpec
+"""The ``postprocessing`` field's type (an open spec; kinds are plug-ins)."""
 
 
 class ModelMetadata(_Strict):
@@ -248,8 +193,8 @@ class ModelMetadata(_Strict):
     model: ModelFile
     inputs: list[TensorSpec] = Field(min_length=1, max_length=64)
     outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
-    preprocessing: Preprocessing
-    postprocessing: Postprocessing
+    preprocessing: PreprocessingSpec
+    postprocessing: PostprocessingSpec
     cache_predictions: bool = True
     created_at: datetime
     tools: dict[str, str] = Field(default_factory=dict, max_length=32)
@@ -300,17 +245,37 @@ def now_utc() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _first_error(exc: ValidationError) -> MetadataError:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    # Discriminated unions put the chosen tag into the location; drop it for readability.
-    field = re.sub(
-        r"\.(image|tensor|tabular|classification|detection|score|mean_std|scale_offset)"
-        r"(?=\.|$)",
-        "",
-        field,
-    )
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+def _field_path(loc: tuple[int | str, ...], doc: Any) -> str:
+    """The dotted path of an error location, as the document spells it: validator frames and
+    the tags pydantic adds for a discriminated union (a value of the object, not a key) are
+    dropped, so ``normalize.mean_std.std`` reads ``normalize.std``."""
+    parts: list[str] = []
+    node: Any = doc
+    for i, part in enumerate(loc):
+        if str(part).startswith("function-"):
+            continue
+        if isinstance(node, dict):
+            if part in node:
+                node = node[part]
+            elif i < len(loc) - 1 and part in {v for v in node.values() if isinstance(v, str)}:
+                continue
+            else:
+                node = None
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def metadata_error(exc: ValidationError, doc: Any, prefix: str = "") -> MetadataError:
+    """The :class:`MetadataError` for the first error of validating ``doc``; its ``field`` is
+    the dotted path of the bad field under ``prefix`` (e.g. ``preprocessing.size``)."""
+    errors = exc.errors()
+    err = errors[0]
+    field = ".".join(p for p in (prefix, _field_path(tuple(err["loc"]), doc)) if p)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return MetadataError(f"invalid metadata: {field or '(root)'}: {err['msg']}{more}", field)
 
 
@@ -334,7 +299,7 @@ def parse_metadata(raw: bytes, max_bytes: int = MAX_METADATA_BYTES) -> ModelMeta
     try:
         return ModelMetadata.model_validate(doc)
     except ValidationError as exc:
-        raise _first_error(exc) from None
+        raise metadata_error(exc, doc) from None
 
 
 def parse_labels(raw: bytes, max_labels: int = MAX_LABELS) -> list[str]:

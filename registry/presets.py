@@ -1,17 +1,17 @@
-"""Preprocessing presets for common image-model families (``cidserve publish --preset``)."""
+"""Preprocessing presets for common image-model families (``cidserve publish --preset``).
+
+A preset is the ``preprocessing`` object written out in full, every option of the ``image``
+(or ``tensor``) kind given, so the metadata document is the same whether or not the
+publisher also runs it through ``preprocessing.validate_options`` (which fills in the same
+defaults; ``tests/plugins/test_metadata_spec.py`` checks that they agree). This module only
+writes data: the kinds, and their options models, live in ``preprocessing``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from registry.metadata import (
-    ImagePreprocessing,
-    MeanStd,
-    Preprocessing,
-    ScaleOffset,
-    TensorPreprocessing,
-    TensorSpec,
-)
+from registry.metadata import PreprocessingSpec, TensorSpec
 
 PresetName = Literal["imagenet", "inception", "efficientnet-lite", "none"]
 PRESETS: tuple[str, ...] = ("imagenet", "inception", "efficientnet-lite", "none")
@@ -35,38 +35,40 @@ def _spatial(spec: TensorSpec, default: int) -> tuple[tuple[int, int], Literal["
     return (h, w), layout
 
 
-def preset_preprocessing(preset: str, image_input: TensorSpec) -> Preprocessing:
+def _image(
+    spec: TensorSpec,
+    default: int,
+    interpolation: str,
+    normalize: dict[str, Any],
+) -> PreprocessingSpec:
+    size, layout = _spatial(spec, default)
+    return PreprocessingSpec.model_validate(
+        {
+            "kind": "image",
+            "input": spec.name,
+            "size": list(size),
+            "resize_mode": "shorter_side",
+            "crop_ratio": 0.875,
+            "interpolation": interpolation,
+            "normalize": normalize,
+            "channel_order": "RGB",
+            "layout": layout,
+            "pad_value": 114,
+        }
+    )
+
+
+def preset_preprocessing(preset: str, image_input: TensorSpec) -> PreprocessingSpec:
     """The preprocessing spec of ``preset`` for a model whose image input is ``image_input``."""
     if preset == "none":
-        return TensorPreprocessing(input=image_input.name)
+        return PreprocessingSpec(kind="tensor", input=image_input.name)
     if preset == "imagenet":
-        size, layout = _spatial(image_input, 224)
-        return ImagePreprocessing(
-            input=image_input.name,
-            size=size,
-            layout=layout,
-            crop_ratio=0.875,
-            interpolation="bilinear",
-            normalize=MeanStd(mean=_IMAGENET_MEAN, std=_IMAGENET_STD),
-        )
+        mean_std = {"type": "mean_std", "mean": list(_IMAGENET_MEAN), "std": list(_IMAGENET_STD)}
+        return _image(image_input, 224, "bilinear", mean_std)
     if preset == "inception":
-        size, layout = _spatial(image_input, 299)
-        return ImagePreprocessing(
-            input=image_input.name,
-            size=size,
-            layout=layout,
-            crop_ratio=0.875,
-            interpolation="bilinear",
-            normalize=MeanStd(mean=(0.5,) * 3, std=(0.5,) * 3),
-        )
+        half = {"type": "mean_std", "mean": [0.5] * 3, "std": [0.5] * 3}
+        return _image(image_input, 299, "bilinear", half)
     if preset == "efficientnet-lite":
-        size, layout = _spatial(image_input, 224)
-        return ImagePreprocessing(
-            input=image_input.name,
-            size=size,
-            layout=layout,
-            crop_ratio=0.875,
-            interpolation="bicubic",
-            normalize=ScaleOffset(scale=1 / 128, offset=-127 / 128),
-        )
+        scale = {"type": "scale_offset", "scale": 1 / 128, "offset": -127 / 128}
+        return _image(image_input, 224, "bicubic", scale)
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

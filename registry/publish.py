@@ -9,22 +9,22 @@ load. The same file gives the same CIDs in every store (they are computed as ``i
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from registry.index import model_id_for
+from pydantic import BaseModel
+
+from registry.files import sha256_file
+from registry.identity import model_id_for
 from registry.metadata import (
-    ClassificationPostprocessing,
-    DetectionPostprocessing,
     ModelFile,
     ModelMetadata,
-    Postprocessing,
-    Preprocessing,
-    ScorePostprocessing,
+    PostprocessingSpec,
+    PreprocessingSpec,
     TensorSpec,
     now_utc,
     parse_labels,
@@ -33,6 +33,12 @@ from registry.presets import preset_preprocessing
 from registry.store import ContentStore
 
 TASKS = ("classification", "detection", "score")
+
+SpecLike = PreprocessingSpec | PostprocessingSpec | BaseModel | Mapping[str, Any]
+"""A ``preprocessing`` / ``postprocessing`` given to :func:`publish_model`: a spec, a kind's
+options model or a JSON object. It is written as given: run it through the package's
+``validate_options`` first (``preprocessing.validate_options``,
+``postprocessing.validate_options``) to have its kind check it and fill in its defaults."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,29 +111,38 @@ def inspect_onnx(path: Path) -> OnnxInfo:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not opset:
         opset = max((o.version for o in model.opset_import), default=1)
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
     producer = f"{model.producer_name} {model.producer_version}".strip()
     return OnnxInfo(
         inputs=[spec(v) for v in graph.input if v.name not in initializers],
         outputs=[spec(v) for v in graph.output],
         opset=int(opset),
         size=path.stat().st_size,
-        sha256=h.hexdigest(),
+        sha256=sha256_file(path),
         producer=producer,
     )
 
 
-def default_postprocessing(task: str, labels_cid: str | None, output: TensorSpec) -> Postprocessing:
+def default_postprocessing(
+    task: str, labels_cid: str | None, output: TensorSpec
+) -> PostprocessingSpec:
+    """The ``postprocessing`` of ``task`` for ``output``, every option of the kind written out
+    (the kind's defaults), so the document does not depend on who fills them in."""
     if task == "classification":
-        return ClassificationPostprocessing(output=output.name, labels_cid=labels_cid)
-    if task == "detection":
-        return DetectionPostprocessing(output=output.name, labels_cid=labels_cid)
-    if task == "score":
-        return ScorePostprocessing(output=output.name)
-    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        doc: dict[str, Any] = {"labels": None, "labels_cid": labels_cid, "softmax": True}
+    elif task == "detection":
+        doc = {
+            "labels": None,
+            "labels_cid": labels_cid,
+            "format": "yolov8",
+            "score_threshold": 0.25,
+            "iou_threshold": 0.45,
+            "max_detections": 100,
+        }
+    elif task == "score":
+        doc = {"label": "score", "sigmoid": False, "clamp": False}
+    else:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    return PostprocessingSpec.model_validate({"kind": task, "output": output.name, **doc})
 
 
 async def publish_model(
@@ -141,14 +156,15 @@ async def publish_model(
     labels: list[str] | None = None,
     preset: str = "none",
     task: str = "classification",
-    preprocessing: Preprocessing | None = None,
-    postprocessing: Postprocessing | None = None,
+    preprocessing: SpecLike | None = None,
+    postprocessing: SpecLike | None = None,
     cache_predictions: bool = True,
     tools: dict[str, str] | None = None,
 ) -> PublishResult:
     """Store the model, its labels and its metadata; return the CIDs.
 
-    ``preprocessing``/``postprocessing`` given explicitly win over ``preset``/``task``.
+    ``preprocessing``/``postprocessing`` given explicitly win over ``preset``/``task``; they
+    are written as given (see :data:`SpecLike`).
     """
     info = await asyncio.to_thread(inspect_onnx, model_path)
     if labels_path is not None:

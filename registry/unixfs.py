@@ -22,7 +22,8 @@ from typing import Protocol
 
 from multiformats import CID, multicodec, multihash, varint
 
-from registry.dagpb import PBLink, PBNode, UnixFSData, UnixFSType, encode_node, encode_unixfs
+from registry.dagpb import PBLink, PBNode, encode_node
+from registry.unixfs_data import UnixFSData, UnixFSType, encode_unixfs
 
 CHUNK_SIZE = 262_144
 """Kubo's default fixed chunk size (``size-262144``)."""

@@ -1,7 +1,8 @@
-"""API errors: one exception type per HTTP status, rendered as JSON by the handlers in app.py.
+"""Domain errors of the service: what went wrong, in the service's own terms.
 
-Every error body is ``{"success": false, "error": <short title>, "message": <what went wrong>}``
-plus optional fields (``suggestion``, ``field``, ``cid``).
+Nothing here knows HTTP. The HTTP layer maps each type to a status, a title and headers in
+one table (:mod:`services.http.errors`). ``extra`` holds fields a reply may show (``model_id``,
+``reason``, ...); ``retry_after_s`` says when a transient failure is worth retrying.
 """
 
 from __future__ import annotations
@@ -9,84 +10,65 @@ from __future__ import annotations
 from typing import Any
 
 
-class ApiError(Exception):
-    """Base class: an error with an HTTP status and a JSON body."""
+class ServiceError(Exception):
+    """Base of the domain errors: a message for the caller and extra reply fields."""
 
-    status_code = 500
-    title = "Internal error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        title: str | None = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
+    def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.title = title or self.title
-        self.headers = headers or {}
         self.extra = extra
 
-    def body(self) -> dict[str, Any]:
-        return {"success": False, "error": self.title, "message": self.message, **self.extra}
 
+class ModelNotFound(ServiceError):
+    """No model of that id or name is known here (never loaded, or unloaded)."""
 
-class BadRequest(ApiError):
-    status_code = 400
-    title = "Bad request"
-
-
-class Unauthorized(ApiError):
-    status_code = 401
-    title = "Unauthorized"
-
-
-class Forbidden(ApiError):
-    status_code = 403
-    title = "Forbidden"
-
-
-class NotFound(ApiError):
-    status_code = 404
-    title = "Not found"
-
-
-class ModelNotFound(NotFound):
-    title = "Model not found"
-
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, message: str | None = None) -> None:
         super().__init__(
-            f"model {model_id!r} is not loaded",
+            message or f"model {model_id!r} is not loaded",
             model_id=model_id,
             suggestion="Use /api/models/load endpoint first",
         )
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    title = "Payload too large"
+class VersionNotFound(ServiceError):
+    """The model exists, but not in the version asked for."""
 
 
-class UnsupportedMediaType(ApiError):
-    status_code = 415
-    title = "Unsupported media type"
+class InvalidRequest(ServiceError):
+    """A request the domain cannot act on as given (the caller must change it)."""
 
 
-class Unprocessable(ApiError):
-    status_code = 422
-    title = "Invalid request"
+class SignatureRequired(ServiceError):
+    """The model is licensed and the request carries no caller identity."""
 
 
-class ServiceUnavailable(ApiError):
-    status_code = 503
-    title = "Service unavailable"
+class SignatureRejected(ServiceError):
+    """The request's signature is malformed, stale, forged or replayed (``extra["reason"]``)."""
+
+
+class NotLicensed(ServiceError):
+    """The caller is identified but holds no valid license for the model's token."""
+
+
+class TokenNotFound(ServiceError):
+    """The token does not exist on the license contract."""
+
+
+class TokenMismatch(ServiceError):
+    """The token names another metadata CID than the one being loaded."""
+
+
+class DependencyUnavailable(ServiceError):
+    """A dependency (chain, replay store, ...) does not answer; try again later."""
 
     def __init__(self, message: str, *, retry_after_s: int = 5, **extra: Any) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)}, **extra)
+        super().__init__(message, **extra)
+        self.retry_after_s = retry_after_s
 
 
-class GatewayTimeout(ApiError):
-    status_code = 504
-    title = "Timeout"
+class InferenceTimeout(ServiceError):
+    """The request's deadline passed before the model answered (the run was terminated)."""
+
+
+class ModelOutputError(ServiceError):
+    """The model's outputs do not fit what its metadata promised (a fault of the model)."""

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.errors import Forbidden, Unauthorized
+from services.errors import NotLicensed, SignatureRequired
 
 log = logging.getLogger("cidserve.licensing")
 
@@ -50,7 +50,8 @@ class LicenseBackend(Protocol):
     async def has_valid_license(self, caller: Caller, token_id: int) -> bool: ...
 
     async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
-        """Raise :class:`services.errors.ApiError` when the token does not name this CID."""
+        """Raise :class:`services.errors.TokenMismatch` / ``TokenNotFound`` when the token does
+        not name this CID."""
         ...
 
     async def health(self) -> dict[str, object]: ...
@@ -98,11 +99,8 @@ class LicenseGate:
                 self._warned_open = True
             return
         if caller is None:
-            raise Unauthorized(
-                "this model is licensed: sign the request (see docs/LICENSING.md)",
-                title="Signature required",
+            raise SignatureRequired(
+                "this model is licensed: sign the request (see docs/LICENSING.md)"
             )
         if not await self.backend.has_valid_license(caller, token_id):
-            raise Forbidden(
-                "You need an active license to use this model", title="No valid license"
-            )
+            raise NotLicensed("You need an active license to use this model")

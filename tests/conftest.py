@@ -14,8 +14,9 @@ import pytest
 from registry import export, samples
 from registry.local_store import LocalContentStore
 from registry.publish import PublishResult, publish_model
-from services.app import Services, build_services, create_app
+from services.http.app import create_app
 from services.settings import Settings
+from services.wiring import Services, build_services
 from tests.harness import ServerThread
 from tests.ipfs_node import IpfsNode
 
@@ -93,7 +94,7 @@ def gateway(workdir: Path, store: LocalContentStore) -> Iterator[Gateway]:
     """The gateway on embedded defaults, serving from the session's content store.
 
     Its prediction cache is off, so every request runs the model (the cache has its own
-    tests in tests/test_redis_cache.py)."""
+    tests in tests/dataplane/test_redis_cache.py)."""
     settings = make_settings(workdir, prediction_cache=False)
     services = build_services(settings, store=store)
     with (

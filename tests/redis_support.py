@@ -24,7 +24,8 @@ import httpx
 import pytest
 import redis
 
-from services.app import Services, build_services, create_app
+from services.http.app import create_app
+from services.wiring import Services, build_services
 from tests.harness import ServerThread, free_port
 
 T = TypeVar("T")

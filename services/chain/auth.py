@@ -36,16 +36,15 @@ from services.chain.signing import (
     canonical_string,
     recover_signer,
 )
-from services.errors import ServiceUnavailable, Unauthorized
-from services.kv import KeyValueStore, KVUnavailable
+from services.errors import DependencyUnavailable, SignatureRejected
 from services.licensing import Caller, RequestView
-from services.metrics import Metrics
+from services.observability.metrics import Metrics
+from services.state.kv import KeyValueStore, KVUnavailable
 
 log = logging.getLogger("cidserve.auth")
 
 # Bodies larger than this are hashed in a worker thread, not on the event loop.
 _THREAD_HASH_BYTES = 1 << 20
-_TITLE = "Invalid signature"
 
 
 class SignatureAuthenticator:
@@ -66,10 +65,10 @@ class SignatureAuthenticator:
         self.key_prefix = key_prefix
         self._now = time.time if clock is None else clock
 
-    def _fail(self, reason: str, message: str) -> Unauthorized:
+    def _fail(self, reason: str, message: str) -> SignatureRejected:
         if self.metrics is not None:
             self.metrics.signature_checks.labels(reason).inc()
-        return Unauthorized(message, title=_TITLE, reason=reason)
+        return SignatureRejected(message, reason=reason)
 
     async def authenticate(self, request: RequestView) -> Caller | None:
         headers = request.headers
@@ -127,7 +126,7 @@ class SignatureAuthenticator:
             fresh = await self.kv.set_nx(key, b"1", 2 * self.skew_s + 5)
         except KVUnavailable as exc:
             log.error("nonce store unavailable, refusing signed requests: %s", exc)
-            raise ServiceUnavailable(
+            raise DependencyUnavailable(
                 "the replay-protection store is unavailable; try again"
             ) from None
         if not fresh:

@@ -32,25 +32,13 @@ from typing import Any
 from registry.unixfs import canonical_cid
 from services.chain import abi
 from services.chain.rpc import JsonRpcClient, RpcError, RpcUnavailable
-from services.errors import ApiError, ServiceUnavailable
-from services.kv import KeyValueStore, KVUnavailable
+from services.errors import DependencyUnavailable, TokenMismatch, TokenNotFound
 from services.licensing import Caller
-from services.metrics import Metrics
+from services.observability.metrics import Metrics
+from services.state.kv import KeyValueStore, KVUnavailable
 
 log = logging.getLogger("cidserve.licensing.chain")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
-
-
-class TokenMetadataMismatch(ApiError):
-    """The token names another metadata CID than the one being loaded."""
-
-    status_code = 409
-    title = "Token names another model"
-
-
-class TokenNotFound(ApiError):
-    status_code = 404
-    title = "Token not found"
 
 
 class ChainConfigError(RuntimeError):
@@ -225,7 +213,7 @@ class ChainLicenseBackend:
                 log.error("license chain unreachable (%s): refusing licensed requests", exc)
         if self.fail_open:
             return True
-        raise ServiceUnavailable(
+        raise DependencyUnavailable(
             f"the license of token {token_id} cannot be checked: the chain does not answer",
             retry_after_s=self.retry_after_s,
         )
@@ -250,7 +238,7 @@ class ChainLicenseBackend:
             raise self._load_unavailable(exc) from None
         named = uri[len("ipfs://") :] if uri.startswith("ipfs://") else None
         if named is None or not _same_cid(named, metadata_cid):
-            raise TokenMetadataMismatch(
+            raise TokenMismatch(
                 f"token {token_id} names metadata CID {named or uri!r}, not {metadata_cid}: "
                 f"refusing to serve {metadata_cid} under token {token_id}",
                 tokenId=str(token_id),
@@ -258,9 +246,9 @@ class ChainLicenseBackend:
                 metadataCid=metadata_cid,
             )
 
-    def _load_unavailable(self, exc: Exception) -> ServiceUnavailable:
+    def _load_unavailable(self, exc: Exception) -> DependencyUnavailable:
         log.error("cannot check a token's metadata CID: %s", exc)
-        return ServiceUnavailable(
+        return DependencyUnavailable(
             f"the token cannot be checked on chain ({type(exc).__name__}); try again",
             retry_after_s=self.retry_after_s,
         )

@@ -8,9 +8,9 @@ from services.chain.abi import ArtifactMissing, load_artifact
 from services.chain.auth import SignatureAuthenticator
 from services.chain.backend import ChainLicenseBackend
 from services.chain.rpc import JsonRpcClient
-from services.kv import KeyValueStore
-from services.metrics import Metrics
+from services.observability.metrics import Metrics
 from services.settings import Settings
+from services.state.kv import KeyValueStore
 
 log = logging.getLogger("cidserve.licensing")
 

@@ -1,0 +1,120 @@
+"""``cidserve serve``: the HTTP service under uvicorn, one process or ``--workers N``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.settings import Settings
+from services.wiring import Services
+
+log = logging.getLogger("cidserve")
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from services.http.app import create_app
+    from services.runtime.errors import ProviderUnavailable
+    from services.wiring import build_services
+
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        print(f"cidserve: --workers must be 1..64, got {args.workers}", file=sys.stderr)
+        return 2
+    given = (("host", args.host), ("port", args.port), ("workers", args.workers))
+    overrides = {k: v for k, v in given if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    try:
+        services = build_services(settings)
+    except ProviderUnavailable as exc:
+        print(f"cidserve: CIDSERVE_REQUIRE_GPU is set but {exc}", file=sys.stderr)
+        return 2
+    if settings.workers > 1:
+        return _serve_workers(args, settings, services)
+    if args.demo:
+        from services.cli.demo import curl_lines, prepare_demo
+
+        demo = asyncio.run(prepare_demo(settings.data_dir, settings.models_dir, services.store))
+
+        async def load_demo(svc: object) -> None:
+            outcome = await services.repository.load(demo.metadata_cid, None, True)
+            base = f"http://{settings.host}:{settings.port}"
+            lines = "\n".join(curl_lines(base, demo))
+            print(
+                f"\ncidserve demo: model {outcome.model.model_id} "
+                f"(metadataCid {demo.metadata_cid}) loaded in {outcome.load_time_ms:.0f} ms "
+                f"on {outcome.model.provider}.\nTry:\n{lines}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        services.startup_tasks.append(load_demo)
+    app = create_app(settings, services)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,  # our handlers and format (services/observability/logs.py)
+        access_log=False,  # the request middleware writes the access line
+        server_header=False,
+        **server_impls(),
+    )
+    return 0
+
+
+def server_impls() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (core dependencies; they
+    cut the gateway's CPU per request, see docs/PERFORMANCE.md), asyncio and h11 where a
+    platform lacks them."""
+    import importlib.util
+
+    return {
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+    }
+
+
+def _serve_workers(args: argparse.Namespace, settings: Settings, services: Services) -> int:
+    """``--workers N``: N uvicorn worker processes, metrics aggregated across them."""
+    import os
+
+    import uvicorn
+
+    from services.cli.workers import ENV_DEMO_CID, MultiprocessMetricsDir
+
+    if args.demo:
+        from services.cli.demo import curl_lines, prepare_demo
+
+        demo = asyncio.run(prepare_demo(settings.data_dir, settings.models_dir, services.store))
+        os.environ[ENV_DEMO_CID] = demo.metadata_cid
+        lines = "\n".join(curl_lines(f"http://{settings.host}:{settings.port}", demo))
+        print(
+            f"\ncidserve demo: model {demo.model_id} (metadataCid {demo.metadata_cid}) loads in "
+            f"each of {settings.workers} workers. Once they are up, try:\n{lines}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    # The parent only supervises: its parts served the start-up checks and the demo.
+    try:
+        asyncio.run(services.aclose())
+    except Exception as exc:
+        log.debug("closing the parent's services: %s", exc)
+    with MultiprocessMetricsDir() as metrics_dir:
+        log.info("%d worker processes; metrics aggregated in %s", settings.workers, metrics_dir)
+        uvicorn.run(
+            "services.cli.workers:worker_app",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            **server_impls(),
+        )
+    return 0

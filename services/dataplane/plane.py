@@ -1,0 +1,264 @@
+"""The data plane: one request, from a decoded input to an answer with per-stage timings.
+
+Every request crosses the same steps, in one place (:meth:`DataPlane._admit` then
+:meth:`DataPlane._run`):
+
+1. find the model (:meth:`ModelRepository.locate`: in memory, else known from the index);
+2. authorize the caller against the model's token (:class:`LicenseGate`), before any work;
+3. ``execute`` only: look the reply up in the prediction cache (a hit returns here: no
+   decode, no load, no inference);
+4. reload the model if it was evicted;
+5. prepare the feeds in the preprocess pool (the model's preprocessor, a raw tensor's checks,
+   or the Open Inference Protocol's tensor checks);
+6. ``session.run`` in the inference pool, under the request's deadline (:class:`ModelRunner`);
+7. ``execute``: postprocess and store the reply in the prediction cache; ``infer``: the raw
+   outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from postprocessing import Options, PostprocessingError
+from preprocessing import Limits, Payload, PreprocessingError, TensorPayload, tensor_feeds
+from services.dataplane.prediction_cache import CacheStatus, Lookup, PredictionCache
+from services.dataplane.protocol import (
+    Classes,
+    Feeds,
+    encoded_images,
+    image_batch,
+    model_classes,
+    protocol_feeds,
+)
+from services.dataplane.timing import StageRecorder, StageTimes
+from services.errors import DependencyUnavailable, InferenceTimeout, ModelOutputError
+from services.licensing import Caller, LicenseGate
+from services.observability.context import note_model
+from services.repository.model import LoadedModel
+from services.repository.repository import ModelRef, ModelRepository
+from services.runtime.errors import RunTimeout
+
+
+@dataclass(slots=True)
+class InferenceResult:
+    """An ``execute`` answer: predictions, details, timings and the prediction-cache status."""
+
+    model_id: str
+    predictions: list[dict[str, Any]]
+    details: dict[str, Any]
+    times: StageTimes
+    cache: CacheStatus = "bypass"
+    # None when a cache hit was served by a replica that does not hold the model in memory.
+    model: LoadedModel | None = None
+
+
+@dataclass(slots=True)
+class TensorRun:
+    """An ``infer`` answer: the model that ran and its outputs by name, unprocessed."""
+
+    model: LoadedModel
+    outputs: dict[str, np.ndarray]
+
+
+class DataPlane:
+    """Runs requests against the repository's models; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        repository: ModelRepository,
+        gate: LicenseGate,
+        preprocess_executor: Executor,
+        default_timeout_ms: int,
+        input_limits: Limits,
+        predictions: PredictionCache | None = None,
+        recorder: StageRecorder | None = None,
+    ) -> None:
+        self.repository = repository
+        self.gate = gate
+        self._pre_executor = preprocess_executor
+        self.default_timeout_ms = default_timeout_ms
+        self.input_limits = input_limits
+        self.predictions = predictions
+        self.recorder = recorder or StageRecorder(None)
+
+    # -- the two request kinds -------------------------------------------------------------
+
+    async def execute(
+        self,
+        model_id: str,
+        payload: Payload,
+        options: Options,
+        *,
+        caller: Caller | None = None,
+        timeout_ms: int | None = None,
+    ) -> InferenceResult:
+        """An input (image, tensor, features) through the model's pre- and postprocessing."""
+        t_start = time.perf_counter()
+        ref = await self._admit(model_id, caller)
+        lookup = await self._lookup(ref, payload, options)
+        if lookup is not None and lookup.status == "hit":
+            assert lookup.predictions is not None and lookup.details is not None
+            if ref.loaded is not None:
+                ref.loaded.requests += 1
+            times = StageTimes(total_ms=(time.perf_counter() - t_start) * 1000)
+            self.recorder.record(model_id, times, computed=False)
+            return InferenceResult(
+                model_id, lookup.predictions, lookup.details, times, "hit", ref.loaded
+            )
+        model = await self.repository.materialize(ref)
+
+        def prepare() -> tuple[Feeds, dict[str, Any]]:
+            if isinstance(payload, TensorPayload):
+                prepared = tensor_feeds(model.metadata, payload, self.input_limits)
+            else:
+                prepared = model.preprocessor(payload)
+            return prepared.feeds, prepared.context
+
+        (outputs, context), times = await self._run(model, prepare, timeout_ms, t_start)
+        t_post = time.perf_counter()
+        try:
+            result = model.postprocessor(outputs, context, options)
+        except PostprocessingError as exc:
+            model.errors += 1
+            raise ModelOutputError(f"model {model_id} gave unexpected outputs: {exc}") from exc
+        times.postprocessing_ms = (time.perf_counter() - t_post) * 1000
+        status: CacheStatus = "bypass"
+        if lookup is not None and lookup.key is not None and model.metadata.cache_predictions:
+            assert self.predictions is not None
+            status = lookup.status
+            if lookup.status == "miss":
+                await self.predictions.store_reply(lookup.key, result.predictions, result.details)
+        times.total_ms = (time.perf_counter() - t_start) * 1000
+        self.recorder.record(model_id, times, computed=True)
+        return InferenceResult(model_id, result.predictions, result.details, times, status, model)
+
+    async def infer(
+        self,
+        model_id: str,
+        feeds: Feeds,
+        *,
+        caller: Caller | None = None,
+        timeout_ms: int | None = None,
+    ) -> TensorRun:
+        """Client tensors in, every output out, unprocessed (the Open Inference Protocol).
+
+        Each model input must be fed once, with the model's dtype, rank and fixed dimensions;
+        dynamic dimensions (the batch too) take any size. A ``BYTES`` tensor fed to the input
+        a model takes encoded images on holds encoded images: each goes through the model's
+        preprocessing and the results run as one batch."""
+        t_start = time.perf_counter()
+        ref = await self._admit(model_id, caller)
+        model = await self.repository.materialize(ref)
+        images = encoded_images(model, feeds)
+        limit = self.input_limits.max_tensor_elements
+        if images is not None:
+            prepare_feeds = image_batch(model, images, limit)
+        else:
+
+            def prepare_feeds() -> Feeds:
+                return protocol_feeds(model.metadata, feeds, limit)
+
+        def prepare() -> tuple[Feeds, dict[str, Any]]:
+            return prepare_feeds(), {}
+
+        (outputs, _), times = await self._run(model, prepare, timeout_ms, t_start)
+        times.total_ms = (time.perf_counter() - t_start) * 1000
+        self.recorder.record(model.model_id, times, computed=True)
+        return TensorRun(model, outputs)
+
+    async def top_classes(
+        self, model: LoadedModel, output: str, values: np.ndarray, k: int
+    ) -> Classes | None:
+        """The model's own top ``k`` classes of one output's rows (None: it does not classify
+        that output); in the preprocess pool."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._pre_executor, model_classes, model, output, values, k
+            )
+        except PostprocessingError as exc:
+            raise ModelOutputError(
+                f"model {model.model_id} gave unexpected outputs: {exc}"
+            ) from exc
+
+    def ready(self, model_id: str) -> LoadedModel:
+        """The model when it is in memory and can answer now; an evicted one is not ready."""
+        model = self.repository.peek(model_id)
+        if model is None:
+            raise DependencyUnavailable(
+                f"model {model_id!r} is not in memory (evicted); load it again, or send it a "
+                "request to reload it"
+            )
+        return model
+
+    # -- the shared steps ------------------------------------------------------------------
+
+    async def _admit(self, model_id: str, caller: Caller | None) -> ModelRef:
+        """Find the model and let the license gate decide, before any work (a caller without
+        a license causes no load, no decode and no cache lookup)."""
+        ref = await self.repository.locate(model_id)
+        note_model(model_id)
+        await self.gate.authorize(caller, ref.token_id)
+        return ref
+
+    async def _lookup(self, ref: ModelRef, payload: Payload, options: Options) -> Lookup | None:
+        if self.predictions is None:
+            return None
+        if ref.loaded is not None and not ref.loaded.metadata.cache_predictions:
+            return None
+        return await self.predictions.lookup(ref.metadata_cid, payload, options)
+
+    async def _run(
+        self,
+        model: LoadedModel,
+        prepare: Callable[[], tuple[Feeds, dict[str, Any]]],
+        timeout_ms: int | None,
+        t_start: float,
+    ) -> tuple[tuple[dict[str, np.ndarray], dict[str, Any]], StageTimes]:
+        """``prepare`` in the preprocess pool, then the run, within the request's deadline.
+
+        Returns the outputs, the preprocessing context and the stage times so far."""
+        timeout_s = (timeout_ms or self.default_timeout_ms) / 1000
+        loop = asyncio.get_running_loop()
+        times = StageTimes()
+        t_submit = time.perf_counter()
+
+        def timed() -> tuple[Feeds, dict[str, Any], float, float]:
+            t0 = time.perf_counter()
+            feeds, context = prepare()
+            return feeds, context, (time.perf_counter() - t0) * 1000, (t0 - t_submit) * 1000
+
+        try:
+            async with asyncio.timeout(timeout_s):
+                feeds, context, times.preprocessing_ms, times.queue_ms = await loop.run_in_executor(
+                    self._pre_executor, timed
+                )
+            t_run = time.perf_counter()
+            remaining = timeout_s - (t_run - t_start)
+            outputs, run_s = await model.runner.run(feeds, max(remaining, 0.001))
+            # The rest of the wall time around session.run: waiting for an inference worker.
+            times.queue_ms += max(time.perf_counter() - t_run - run_s, 0.0) * 1000
+            times.inference_ms = run_s * 1000
+        except (RunTimeout, TimeoutError):
+            model.errors += 1
+            raise InferenceTimeout(
+                f"inference on {model.model_id} did not finish within {timeout_s * 1000:.0f} ms",
+                model_id=model.model_id,
+            ) from None
+        except InvalidArgument as exc:  # shapes the model cannot combine (dynamic dims)
+            model.errors += 1
+            raise PreprocessingError(f"the model rejected the inputs: {exc}") from None
+        except Exception:
+            model.errors += 1
+            raise
+        model.requests += 1
+        return (outputs, context), times

@@ -1,0 +1,39 @@
+"""What every route needs from a request: the service's parts and the caller's identity."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.licensing import Caller
+from services.wiring import Services
+
+
+def get_services(request: Request) -> Services:
+    """FastAPI dependency: the app instance's :class:`Services`."""
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+Svc = Annotated[Services, Depends(get_services)]
+
+
+class RequestView:
+    """What an authenticator may read of a request (method, target, headers, body)."""
+
+    __slots__ = ("body", "headers", "method", "path")
+
+    def __init__(self, request: Request, body: bytes) -> None:
+        self.method = request.method
+        # The request target as sent (path + ?query): what a signed request's signature covers.
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else request.url.path
+        query = request.scope.get("query_string", b"")
+        self.path = f"{path}?{query.decode('latin-1')}" if query else path
+        self.headers = {k.lower(): v for k, v in request.headers.items()}
+        self.body = body
+
+
+async def caller_of(svc: Services, request: Request) -> Caller | None:
+    """The proven caller of ``request`` (None: it carries no identity)."""
+    return await svc.authenticator.authenticate(RequestView(request, await request.body()))

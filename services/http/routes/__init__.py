@@ -1,0 +1,1 @@
+"""REST routes, one module per resource: models, inference, health, metrics, and ``/v2``."""

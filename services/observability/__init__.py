@@ -1,0 +1,1 @@
+"""Metrics, the per-request log context and log formatting."""

@@ -1,0 +1,1 @@
+"""The model repository: load (single flight), unload, list, resolve names; model identity."""

@@ -1,0 +1,259 @@
+"""The composition root: every part of one service instance, built from settings.
+
+:func:`build_services` assembles the dependencies (each can be passed in, so a test or another
+deployment can plug in other parts) into :class:`Services`, which the HTTP layer
+(:func:`services.http.app.create_app`) serves. Nothing here is global: two instances in one
+process do not share state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import onnxruntime as ort
+
+import preprocessing
+from registry.blob_cache import BlobCache
+from registry.ipfs_store import IpfsConfig, IpfsContentStore
+from registry.local_store import LocalContentStore
+from registry.store import ContentStore
+from services.chain.wiring import build_chain_licensing
+from services.dataplane.plane import DataPlane
+from services.dataplane.prediction_cache import BUCKET as PREDICTION_BUCKET
+from services.dataplane.prediction_cache import PredictionCache
+from services.dataplane.timing import StageRecorder
+from services.licensing import Anonymous, Authenticator, LicenseBackend, LicenseGate, NoLicensing
+from services.observability.metrics import Metrics
+from services.repository.loader import LoadLimits, ModelLoader
+from services.repository.repository import ModelRepository
+from services.repository.session_cache import SessionCache
+from services.runtime.batching import BatchPolicy
+from services.runtime.options import SessionConfig
+from services.runtime.providers import select_providers
+from services.settings import Settings
+from services.state.index import InMemoryModelIndex, ModelIndex
+from services.state.kv import KeyValueStore, MemoryKV
+from services.state.redis_index import RedisModelIndex
+from services.state.redis_kv import RedisKV
+
+log = logging.getLogger("cidserve.wiring")
+
+
+@dataclass(slots=True)
+class Services:
+    """The parts of one service instance; the HTTP routes reach them through
+    ``request.app.state.services``."""
+
+    settings: Settings
+    store: ContentStore
+    index: ModelIndex
+    licensing: LicenseBackend
+    authenticator: Authenticator
+    # Shared state (Redis when CIDSERVE_REDIS_URL is set, else in-process): one instance for
+    # the prediction cache, the model index, the replay (nonce) store and license checks.
+    kv: KeyValueStore
+    predictions: PredictionCache
+    cache: SessionCache
+    metrics: Metrics
+    loader: ModelLoader
+    repository: ModelRepository
+    dataplane: DataPlane
+    executors: list[ThreadPoolExecutor]
+    started_at: float = field(default_factory=time.time)
+    startup_tasks: list[Callable[[Services], Awaitable[None]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for ex in self.executors:
+            ex.shutdown(wait=False, cancel_futures=True)
+        await self.store.aclose()
+        close_licensing = getattr(self.licensing, "aclose", None)
+        if close_licensing is not None:
+            await close_licensing()
+        await self.kv.aclose()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    store: ContentStore | None = None,
+    index: ModelIndex | None = None,
+    licensing: LicenseBackend | None = None,
+    authenticator: Authenticator | None = None,
+    kv: KeyValueStore | None = None,
+) -> Services:
+    """Assemble the parts from settings; any part given is used instead of the default.
+
+    ``kv`` is the shared state of the fleet (default: :class:`RedisKV` when
+    ``CIDSERVE_REDIS_URL`` is set, else :class:`MemoryKV`); on Redis the model index defaults
+    to :class:`RedisModelIndex` on the same connection pool. The services own ``kv`` and
+    close it when the app stops.
+
+    Raises :class:`services.runtime.errors.ProviderUnavailable` when the settings require a GPU that
+    this onnxruntime build cannot use (checked here so start-up fails, not the first load).
+    """
+    select_providers(
+        settings.execution_provider,
+        ort.get_available_providers(),
+        require_gpu=settings.require_gpu,
+    )
+    store = store or _default_store(settings)
+    kv = kv or _default_kv(settings)
+    if index is None:
+        index = (
+            RedisModelIndex(kv, history=settings.index_history)
+            if isinstance(kv, RedisKV)
+            else InMemoryModelIndex()
+        )
+    metrics = Metrics()
+    if isinstance(store, IpfsContentStore):
+        store.add_fetch_listener(metrics.ipfs_bytes_fetched.inc)
+    chain_backend = None
+    if settings.licensing_enabled and (licensing is None or authenticator is None):
+        chain_backend, chain_auth = build_chain_licensing(settings, kv, metrics)
+        authenticator = authenticator or chain_auth
+        licensing = licensing or chain_backend
+    licensing = licensing or NoLicensing()
+    authenticator = authenticator or Anonymous()
+    predictions = PredictionCache(
+        kv.bucket(
+            PREDICTION_BUCKET,
+            max_entries=settings.prediction_cache_max_entries,
+            max_bytes=settings.prediction_cache_max_bytes,
+        ),
+        ttl_s=settings.prediction_cache_ttl_s,
+        metrics=metrics,
+        enabled=settings.prediction_cache,
+    )
+    cache = SessionCache(settings.max_models_in_memory, settings.max_cache_bytes, metrics=metrics)
+    inference_pool = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="ort-run")
+    pre_pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
+    input_limits = preprocessing.Limits(
+        max_image_pixels=settings.max_image_pixels,
+        max_tensor_elements=settings.max_tensor_elements,
+    )
+    loader = ModelLoader(
+        store=store,
+        cache=cache,
+        index=index,
+        licensing=licensing,
+        session_config=SessionConfig(
+            execution_provider=settings.execution_provider,
+            require_gpu=settings.require_gpu,
+            cuda_device_id=settings.cuda_device_id,
+            intra_op_threads=settings.intra_op_threads,
+            optimized_cache_dir=(
+                settings.models_dir / "optimized" if settings.optimized_model_cache else None
+            ),
+            intra_op_spinning=settings.intra_op_spinning,
+        ),
+        inference_executor=inference_pool,
+        load_limits=LoadLimits(
+            max_metadata_bytes=settings.max_metadata_bytes,
+            max_labels_bytes=settings.max_labels_bytes,
+            max_model_bytes=settings.max_model_bytes,
+        ),
+        input_limits=input_limits,
+        metrics=metrics,
+        batching=BatchPolicy(
+            enabled=settings.batch_enabled,
+            max_size=settings.batch_max_size,
+            max_delay_ms=settings.batch_max_delay_ms,
+            max_inflight=settings.inference_workers,
+        ),
+    )
+    repository = ModelRepository(
+        store=store,
+        cache=cache,
+        loader=loader,
+        index=index,
+        reload_evicted=settings.reload_evicted,
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    dataplane = DataPlane(
+        repository=repository,
+        gate=LicenseGate(licensing),
+        preprocess_executor=pre_pool,
+        default_timeout_ms=settings.inference_timeout_ms,
+        input_limits=input_limits,
+        predictions=predictions,
+        recorder=StageRecorder(metrics),
+    )
+    services = Services(
+        settings=settings,
+        store=store,
+        index=index,
+        licensing=licensing,
+        authenticator=authenticator,
+        kv=kv,
+        predictions=predictions,
+        cache=cache,
+        metrics=metrics,
+        loader=loader,
+        repository=repository,
+        dataplane=dataplane,
+        executors=[inference_pool, pre_pool],
+    )
+    if isinstance(kv, RedisKV):
+        services.startup_tasks.append(_connect_redis)
+    if chain_backend is not None and licensing is chain_backend:
+        services.startup_tasks.append(_verify_chain)
+    return services
+
+
+async def _verify_chain(svc: Services) -> None:
+    """Refuse to start on the wrong chain or without a contract (see ChainLicenseBackend)."""
+    verify = getattr(svc.licensing, "verify", None)
+    if verify is not None:
+        await verify()
+
+
+def _default_store(settings: Settings) -> ContentStore:
+    """The IPFS store (verified, with its blob cache) when an IPFS URL is set, else the
+    embedded content-addressed directory."""
+    if not settings.ipfs_enabled:
+        return LocalContentStore(settings.store_dir)
+    return IpfsContentStore(
+        ipfs_config(settings), BlobCache(settings.blob_cache_path, settings.blob_cache_max_bytes)
+    )
+
+
+def ipfs_config(settings: Settings, api_url: str | None = None) -> IpfsConfig:
+    """The IPFS client settings (``api_url`` overrides ``CIDSERVE_IPFS_API_URL``)."""
+    return IpfsConfig(
+        api_url=api_url or settings.ipfs_api_url,
+        gateway_url=settings.ipfs_gateway_url,
+        connect_timeout_s=settings.ipfs_connect_timeout_s,
+        timeout_s=settings.ipfs_timeout_s,
+        find_timeout_s=settings.ipfs_find_timeout_s,
+        fetch_timeout_s=settings.ipfs_fetch_timeout_s,
+        retries=settings.ipfs_retries,
+        retry_backoff_s=settings.ipfs_retry_backoff_s,
+        retry_after_s=settings.ipfs_retry_after_s,
+        file_stream=settings.ipfs_file_stream,
+    )
+
+
+def _default_kv(settings: Settings) -> KeyValueStore:
+    """Redis when a URL is configured, else the in-process store."""
+    if settings.redis_url is None:
+        # Nonces and license checks are small: a generous count bound keeps replay
+        # protection from forgetting a nonce early (predictions have their own bucket).
+        return MemoryKV(max_entries=1_000_000, max_bytes=256 << 20)
+    return RedisKV(
+        settings.redis_url,
+        timeout_ms=settings.redis_timeout_ms,
+        prefix=settings.redis_prefix,
+        backoff_ms=settings.redis_backoff_ms,
+        max_connections=settings.redis_max_connections,
+    )
+
+
+async def _connect_redis(svc: Services) -> None:
+    """Open the first Redis connection at start-up; a Redis that is down does not stop it."""
+    assert isinstance(svc.kv, RedisKV)
+    if await svc.kv.connect():
+        log.info("shared state on redis %s", svc.kv.display_url)

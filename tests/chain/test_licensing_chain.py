@@ -1,0 +1,391 @@
+"""Licensed models on a real chain: anvil + the ModelLicense contract + gateways over HTTP.
+
+Each gateway is built with ``build_services`` + ``create_app`` from settings that name the
+chain (RPC URL, contract, chain id) and runs under uvicorn on a free port. Callers sign their
+requests with :func:`services.chain.signing.sign_request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from registry.local_store import LocalContentStore
+from registry.publish import PublishResult, publish_model
+from services.chain.backend import ChainConfigError
+from services.chain.signing import sign_request
+from services.http.app import create_app
+from services.wiring import build_services
+from tests.anvil import Anvil, LicenseChain, deploy_license
+from tests.conftest import CAT_LABELS, Gateway, make_settings
+from tests.harness import ServerThread
+from tests.models import linear_model
+
+NO_LICENSE = {
+    "success": False,
+    "error": "No valid license",
+    "message": "You need an active license to use this model",
+}
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LicenseChain]:
+    anvil = Anvil(tmp_path_factory.mktemp("anvil"))
+    try:
+        anvil.start()
+        yield deploy_license(anvil)
+    finally:
+        anvil.close()
+
+
+@contextmanager
+def chain_gateway(workdir: Path, store: LocalContentStore, chain: LicenseChain, **overrides):
+    settings = make_settings(
+        workdir,
+        chain_rpc_url=chain.anvil.url,
+        license_contract=chain.contract,
+        chain_id=31337,
+        chain_timeout_s=1.0,
+        **overrides,
+    )
+    services = build_services(settings, store=store)
+    with (
+        ServerThread(create_app(settings, services)) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as client,
+    ):
+        yield Gateway(srv.url, services, client)
+
+
+@pytest.fixture(scope="module")
+def long_cache(workdir, store, chain) -> Iterator[Gateway]:
+    """Licenses cached for 5 minutes (expiry still bounds them)."""
+    with chain_gateway(
+        workdir, store, chain, license_cache_ttl_s=300, license_negative_cache_ttl_s=0.2
+    ) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def short_cache(workdir, store, chain) -> Iterator[Gateway]:
+    with chain_gateway(
+        workdir, store, chain, license_cache_ttl_s=2.5, license_negative_cache_ttl_s=0.2
+    ) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def linear(store: LocalContentStore, tmp_path_factory) -> list[PublishResult]:
+    """Three small published models (predictions do not matter where they are used)."""
+    out = []
+    for seed in (11, 12, 13):
+        path = linear_model(tmp_path_factory.mktemp("lin") / f"lin{seed}.onnx", seed=seed)
+        out.append(asyncio.run(publish_model(store, path, name=f"lic-linear-{seed}")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def linear_token(chain: LicenseChain, linear: list[PublishResult]) -> int:
+    return int(chain.client().mint(linear[0].metadata_cid).value)
+
+
+def load(gw: Gateway, metadata_cid: str, token_id: int | None = None) -> httpx.Response:
+    body: dict[str, object] = {"metadataCid": metadata_cid, "warmup": False}
+    if token_id is not None:
+        body["tokenId"] = token_id
+    return gw.client.post("/api/models/load", json=body)
+
+
+def loaded_id(gw: Gateway, metadata_cid: str, token_id: int | None = None) -> str:
+    r = load(gw, metadata_cid, token_id)
+    assert r.status_code == 200, r.text
+    return str(r.json()["model_id"])
+
+
+def execute(gw: Gateway, account: LocalAccount | None, model_id: str, **sign_kw) -> httpx.Response:
+    body = json.dumps(
+        {"model_id": model_id, "input_data": {"format": "tensor", "content": [[0.5] * 8]}}
+    ).encode()
+    headers = {"content-type": "application/json"}
+    if account is not None:
+        headers |= sign_request(account.key, "POST", "/api/inference/execute", body, **sign_kw)
+    return gw.client.post("/api/inference/execute", content=body, headers=headers)
+
+
+def wait_for_status(fn, status: int, timeout: float) -> tuple[httpx.Response, float]:
+    """Call ``fn`` until it answers ``status``; returns the answer and the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        r = fn()
+        if r.status_code == status or time.monotonic() - t0 > timeout:
+            return r, time.monotonic() - t0
+        time.sleep(0.1)
+
+
+def grant(chain: LicenseChain, token_id: int, user: LocalAccount, seconds: int) -> int:
+    expires_at = chain.anvil.chain_time() + seconds
+    chain.client().grant(token_id, user.address, expires_at)
+    return expires_at
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_licensed_caller_gets_correct_predictions_and_others_get_403(
+    chain, long_cache, efficientnet: PublishResult, photos
+):
+    token = int(chain.client().mint(efficientnet.metadata_cid).value)
+    model_id = loaded_id(long_cache, efficientnet.metadata_cid, token)
+    licensee = chain.anvil.funded_account()
+    stranger = chain.anvil.funded_account()
+    grant(chain, token, licensee, 3600)
+
+    target = f"/api/models/{model_id}/predict?top_k=3"
+
+    def predict(account: LocalAccount, photo: str) -> httpx.Response:
+        body = photos[photo]
+        headers = {"content-type": "image/jpeg"} | sign_request(account.key, "POST", target, body)
+        return long_cache.client.post(target, content=body, headers=headers)
+
+    r = predict(licensee, "chelsea")
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["class"] in CAT_LABELS
+    r = predict(licensee, "coffee")
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["class"] == "espresso"
+
+    r = predict(stranger, "chelsea")
+    assert r.status_code == 403
+    assert r.json() == NO_LICENSE
+
+    # The token's owner (the publisher) holds a license without a grant.
+    assert predict(chain.publisher, "coffee").status_code == 200
+
+    # Unsigned: 401, and the reply says how to sign.
+    r = long_cache.client.post(
+        target, content=photos["chelsea"], headers={"content-type": "image/jpeg"}
+    )
+    assert r.status_code == 401
+    assert "sign" in r.json()["message"]
+
+
+def test_forged_replayed_stale_and_incomplete_signatures_are_401(
+    chain, long_cache, linear, linear_token
+):
+    model_id = loaded_id(long_cache, linear[0].metadata_cid, linear_token)
+    user = chain.anvil.funded_account()
+    grant(chain, linear_token, user, 3600)
+    body = json.dumps(
+        {"model_id": model_id, "input_data": {"format": "tensor", "content": [[0.5] * 8]}}
+    ).encode()
+
+    def post(headers: dict[str, str], content: bytes = body) -> httpx.Response:
+        return long_cache.client.post(
+            "/api/inference/execute",
+            content=content,
+            headers={"content-type": "application/json"} | headers,
+        )
+
+    good = sign_request(user.key, "POST", "/api/inference/execute", body)
+    assert post(good).status_code == 200
+    replay = post(good)
+    assert replay.status_code == 401
+    assert "used before" in replay.json()["message"]
+
+    # Another key signs; the headers claim the licensee's address.
+    forged = sign_request(chain.anvil.funded_account().key, "POST", "/api/inference/execute", body)
+    forged["X-Cidserve-Address"] = user.address
+    assert post(forged).status_code == 401
+
+    # The licensee's signature, another body (another input).
+    other = body.replace(b"0.5", b"0.7")
+    r = post(sign_request(user.key, "POST", "/api/inference/execute", body), content=other)
+    assert r.status_code == 401
+
+    stale = sign_request(
+        user.key, "POST", "/api/inference/execute", body, timestamp=int(time.time()) - 3600
+    )
+    r = post(stale)
+    assert r.status_code == 401
+    assert "server clock" in r.json()["message"]
+
+    partial = sign_request(user.key, "POST", "/api/inference/execute", body)
+    del partial["X-Cidserve-Nonce"]
+    r = post(partial)
+    assert r.status_code == 401
+    assert "X-Cidserve-Nonce" in r.json()["message"]
+    assert post({}).status_code == 401
+
+
+def test_query_string_is_part_of_the_signature(chain, long_cache, efficientnet, photos):
+    token = int(chain.client().mint(efficientnet.metadata_cid).value)
+    model_id = loaded_id(long_cache, efficientnet.metadata_cid, token)
+    signed_for = f"/api/models/{model_id}/predict?top_k=1"
+    headers = {"content-type": "image/jpeg"} | sign_request(
+        chain.publisher.key, "POST", signed_for, photos["coffee"]
+    )
+    r = long_cache.client.post(
+        f"/api/models/{model_id}/predict?top_k=5", content=photos["coffee"], headers=headers
+    )
+    assert r.status_code == 401
+    headers = {"content-type": "image/jpeg"} | sign_request(
+        chain.publisher.key, "POST", signed_for, photos["coffee"]
+    )
+    r = long_cache.client.post(signed_for, content=photos["coffee"], headers=headers)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 1
+
+
+def test_expired_license_is_refused_although_the_cache_ttl_is_long(
+    chain, long_cache, linear, linear_token
+):
+    model_id = loaded_id(long_cache, linear[0].metadata_cid, linear_token)
+    user = chain.anvil.funded_account()
+    grant(chain, linear_token, user, 60)
+    assert execute(long_cache, user, model_id).status_code == 200  # now cached (TTL 300 s)
+
+    chain.anvil.advance(120)  # the chain's clock passes the expiry
+    r, waited = wait_for_status(lambda: execute(long_cache, user, model_id), 403, timeout=30)
+    assert r.status_code == 403, r.text
+    assert r.json() == NO_LICENSE
+    assert waited < 30  # far below the 300 s cache TTL
+
+
+def test_revoked_license_is_refused_once_the_cache_ttl_passes(
+    chain, short_cache, linear, linear_token
+):
+    model_id = loaded_id(short_cache, linear[0].metadata_cid, linear_token)
+    user = chain.anvil.funded_account()
+    grant(chain, linear_token, user, 3600)
+    registry = short_cache.services.metrics.registry
+
+    def cached_hits() -> float:
+        value = registry.get_sample_value(
+            "cidserve_license_checks_total", {"result": "cached_valid"}
+        )
+        return value or 0.0
+
+    before = cached_hits()
+    assert execute(short_cache, user, model_id).status_code == 200
+    assert execute(short_cache, user, model_id).status_code == 200
+    assert cached_hits() > before  # the second answer came from the cache
+
+    chain.client().revoke(linear_token, user.address)
+    r, waited = wait_for_status(lambda: execute(short_cache, user, model_id), 403, timeout=15)
+    assert r.status_code == 403, r.text
+    assert r.json() == NO_LICENSE
+    assert waited <= 2.5 + 2.0  # the TTL (2.5 s) and some slack
+
+    # A grant after a refusal is seen once the short negative cache entry lapses.
+    grant(chain, linear_token, user, 3600)
+    r, _ = wait_for_status(lambda: execute(short_cache, user, model_id), 200, timeout=10)
+    assert r.status_code == 200
+
+
+def test_token_naming_another_cid_is_refused_at_load(chain, long_cache, linear, linear_token):
+    # linear_token names linear[0]; loading linear[1] under it is refused.
+    r = load(long_cache, linear[1].metadata_cid, linear_token)
+    assert r.status_code == 409, r.text
+    message = r.json()["message"]
+    assert linear[0].metadata_cid in message and linear[1].metadata_cid in message
+    listed = long_cache.client.get("/api/models").text
+    assert linear[1].metadata_cid not in listed
+
+    r = load(long_cache, linear[1].metadata_cid, 10_000)
+    assert r.status_code == 404
+    assert "does not exist" in r.json()["message"]
+
+
+def test_models_without_a_token_stay_open(chain, long_cache, linear):
+    model_id = loaded_id(long_cache, linear[2].metadata_cid)
+    assert execute(long_cache, None, model_id).status_code == 200
+    health = long_cache.client.get("/health").json()["licensing"]
+    assert health["status"] == "ok"
+    assert health["contract"] == chain.contract
+    assert "without a tokenId are open" in health["open_models"]
+
+
+def test_chain_down_is_503_then_200_when_it_returns(workdir, store, chain, linear, linear_token):
+    user = chain.anvil.funded_account()
+    grant(chain, linear_token, user, 3600)
+    with (
+        chain_gateway(workdir, store, chain, license_cache_ttl_s=0) as closed,
+        chain_gateway(
+            workdir, store, chain, license_cache_ttl_s=0, license_fail_open=True
+        ) as open_,
+    ):
+        closed_id = loaded_id(closed, linear[0].metadata_cid, linear_token)
+        open_id = loaded_id(open_, linear[0].metadata_cid, linear_token)
+        assert execute(closed, user, closed_id).status_code == 200
+        stranger = chain.anvil.funded_account()
+
+        chain.anvil.stop()
+        try:
+            r = execute(closed, user, closed_id)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"]
+            assert "cannot be checked" in r.json()["message"]
+            assert closed.client.get("/health/ready").status_code == 503
+            # Configured to fail open: served (and logged), even for a caller without a license.
+            assert execute(open_, stranger, open_id).status_code == 200
+            # Loads under a token cannot be checked either: 503, never a silent load.
+            assert load(closed, linear[1].metadata_cid, linear_token).status_code == 503
+            # Open models do not depend on the chain.
+            open_model = loaded_id(closed, linear[2].metadata_cid)
+            assert execute(closed, None, open_model).status_code == 200
+        finally:
+            chain.anvil.start()  # same port, same state
+
+        r, _ = wait_for_status(lambda: execute(closed, user, closed_id), 200, timeout=15)
+        assert r.status_code == 200, r.text
+        assert execute(closed, stranger, closed_id).status_code == 403
+
+
+def test_start_up_refuses_the_wrong_chain_id(workdir, store, chain):
+    settings = make_settings(
+        workdir, chain_rpc_url=chain.anvil.url, license_contract=chain.contract, chain_id=43114
+    )
+    services = build_services(settings, store=store)
+
+    async def start() -> None:
+        try:
+            for task in services.startup_tasks:
+                await task(services)
+        finally:
+            await services.aclose()
+
+    with pytest.raises(ChainConfigError, match="43114"):
+        asyncio.run(start())
+
+
+def test_rpc_client_reports_unreachable_and_non_rpc_endpoints(gateway: Gateway):
+    from services.chain.rpc import JsonRpcClient, RpcUnavailable, redact_url
+    from tests.harness import free_port
+
+    async def call(url: str) -> str:
+        client = JsonRpcClient(url, timeout_s=1.0)
+        try:
+            await client.chain_id()
+        except RpcUnavailable as exc:
+            return str(exc)
+        finally:
+            await client.aclose()
+        return "answered"
+
+    nobody = f"http://127.0.0.1:{free_port()}/v3/secret-api-key"
+    message = asyncio.run(call(nobody))
+    assert message != "answered"
+    assert "secret-api-key" not in message  # URLs are shown without path and query
+    assert redact_url(nobody) == nobody.split("/v3")[0]
+    # An HTTP server that is not a JSON-RPC node (the gateway itself).
+    assert asyncio.run(call(gateway.url + "/health/live")) != "answered"
