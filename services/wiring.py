@@ -21,7 +21,6 @@ from registry.blob_cache import BlobCache
 from registry.ipfs_store import IpfsConfig, IpfsContentStore
 from registry.local_store import LocalContentStore
 from registry.store import ContentStore
-from services.chain.wiring import build_chain_licensing
 from services.dataplane.plane import DataPlane
 from services.dataplane.prediction_cache import BUCKET as PREDICTION_BUCKET
 from services.dataplane.prediction_cache import PredictionCache
@@ -113,6 +112,9 @@ def build_services(
         store.add_fetch_listener(metrics.ipfs_bytes_fetched.inc)
     chain_backend = None
     if settings.licensing_enabled and (licensing is None or authenticator is None):
+        # Imported here: eth-account and web3 cost ~0.5 s of start-up, paid only with a chain.
+        from services.chain.wiring import build_chain_licensing
+
         chain_backend, chain_auth = build_chain_licensing(settings, kv, metrics)
         authenticator = authenticator or chain_auth
         licensing = licensing or chain_backend
