@@ -3,18 +3,28 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q
+# `make run` installs what serving the demo needs; `make test` (and setup, lint, bench) the
+# full set: the extras, the test and lint tools, and the Python client (clients/python).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
 .PHONY: setup run test lint bench clean node
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[export,dev]'
-	touch $(STAMP)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[export]'
+	touch $(RUN_STAMP)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[export,otel,chain,dev]' -e 'clients/python[signing]'
+	touch $(STAMP) $(RUN_STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/cidserve serve --demo
 
 lint: $(STAMP)

@@ -13,8 +13,12 @@ license, then measures, in the same run and against the same node:
 * ``cached check (memory)``: the same with the license in the in-process cache;
 * ``cached check (redis)``: the same with the cache in Redis at 127.0.0.1:6379 (skipped when
   no Redis answers);
-* ``signature check``: :class:`SignatureAuthenticator` on a signed request (EIP-191 recovery
-  with coincurve, body hash, nonce ``SET NX`` in memory);
+* ``signature check``: :class:`SignatureAuthenticator` on a signed request (canonical string
+  v2, EIP-191 recovery with coincurve, body hash, nonce ``SET NX`` in memory);
+* ``content token lookup (cached)``: :meth:`ChainLicenseBackend.token_of_content`, what every
+  load (and every reload of an evicted model) asks the chain, with the answer cached;
+* ``bearer check``: :func:`services.http.control.is_operator` on a request carrying the
+  operator's ``Authorization: Bearer`` token (a constant-time compare);
 * ``HTTP``: sequential requests, interleaved, to two ``cidserve serve`` processes on free
   ports (cache on / cache off; a small linear model, tensor input): an open model unsigned,
   and a licensed model with signed requests. The difference is what licensing adds to a
@@ -47,6 +51,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from starlette.requests import Request  # noqa: E402
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3  # noqa: E402
 
 from registry.local_store import LocalContentStore  # noqa: E402
@@ -61,15 +67,19 @@ from registry.publish import publish_model  # noqa: E402
 from services.chain import abi  # noqa: E402
 from services.chain.auth import SignatureAuthenticator  # noqa: E402
 from services.chain.backend import ChainLicenseBackend  # noqa: E402
+from services.chain.client import sign_url  # noqa: E402
 from services.chain.rpc import JsonRpcClient  # noqa: E402
 from services.chain.signing import sign_request  # noqa: E402
+from services.http.control import is_operator  # noqa: E402
 from services.licensing import Caller  # noqa: E402
+from services.settings import Settings  # noqa: E402
 from services.state.kv import MemoryKV  # noqa: E402
 from tests.anvil import Anvil, deploy_license  # noqa: E402
 from tests.harness import ServiceProcess, free_port  # noqa: E402
 from tests.models import linear_model  # noqa: E402
 
 Row = dict[str, Any]
+CONTENT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 
 def summarize(name: str, samples: list[float]) -> Row:
@@ -149,6 +159,8 @@ async def chain_points(url: str, contract: str, user: str, token: int, args: Any
         Web3.to_checksum_address(user), token
     )
 
+    content_cid = CONTENT_CID
+
     async def web3_sync() -> object:
         return sync_call.call()  # blocks the loop: fine here, nothing else runs
 
@@ -168,9 +180,14 @@ async def chain_points(url: str, contract: str, user: str, token: int, args: Any
             self.headers = {k.lower(): v for k, v in headers.items()}
             self.body = body
 
+    sent = {"host": "127.0.0.1:8000", "content-type": "application/json"}
     views = iter(
-        [View(sign_request(key, "POST", path, body)) for _ in range(2 * (args.n + args.warmup))]
+        [
+            View(sent | sign_request(key, "POST", path, body, host=sent["host"], headers=sent))
+            for _ in range(2 * (args.n + args.warmup))
+        ]
     )
+    operator = operator_check()
 
     points: dict[str, Callable[[], Awaitable[object]]] = {
         "raw eth_call (JsonRpcClient)": lambda: rpc.eth_call(contract, data),
@@ -179,6 +196,8 @@ async def chain_points(url: str, contract: str, user: str, token: int, args: Any
         "uncached check (backend)": lambda: uncached.has_valid_license(caller, token),
         "cached check (memory)": lambda: cached.has_valid_license(caller, token),
         "signature check (1 KiB body)": lambda: auth.authenticate(next(views)),
+        "content token lookup (cached)": lambda: cached.token_of_content(content_cid),
+        "bearer check (operator token)": operator,
     }
     kv = await redis_kv()
     on_redis = None
@@ -196,6 +215,26 @@ async def chain_points(url: str, contract: str, user: str, token: int, args: Any
             await kv.aclose()
         await rpc.aclose()
         await aw3.provider.disconnect()
+
+
+def operator_check() -> Callable[[], Awaitable[object]]:
+    """:func:`is_operator` on a request with the operator's bearer token (the control plane's
+    check), against settings with ``CIDSERVE_ADMIN_TOKEN`` set."""
+    secret = "op-" + os.urandom(16).hex()
+    svc = SimpleNamespace(settings=Settings(admin_token=secret))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/api/models/load",
+        "headers": [(b"authorization", f"Bearer {secret}".encode()), (b"host", b"127.0.0.1")],
+    }
+
+    async def check() -> object:
+        ok = await is_operator(svc, Request(scope))  # type: ignore[arg-type]
+        assert ok
+        return ok
+
+    return check
 
 
 def http_points(url: str, chain: Any, user: Any, args: Any, workdir: Path) -> list[Row]:
@@ -256,7 +295,8 @@ def http_points(url: str, chain: Any, user: Any, args: Any, workdir: Path) -> li
                 b = body(model_id, i)
                 headers = {"content-type": "application/json"}
                 if signed:  # signed before the clock starts: the client's cost is not counted
-                    headers |= sign_request(user.key, "POST", "/api/inference/execute", b)
+                    url = client.base_url.join("/api/inference/execute")
+                    headers |= sign_url(user.key, "POST", url, headers, b)
                 t0 = time.perf_counter()
                 r = client.post("/api/inference/execute", content=b, headers=headers)
                 elapsed = time.perf_counter() - t0
@@ -296,11 +336,7 @@ def main() -> int:
         with Anvil(workdir / "anvil") as anvil:
             chain = deploy_license(anvil)
             user = anvil.funded_account()
-            token = int(
-                chain.client()
-                .mint("bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku")
-                .value
-            )
+            token = int(chain.client().mint(CONTENT_CID).value)
             chain.client().grant(token, user.address, anvil.chain_time() + 86400)
             rows = asyncio.run(chain_points(anvil.url, chain.contract, user.address, token, args))
             if not args.no_http:

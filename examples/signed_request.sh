@@ -17,9 +17,11 @@ url=${1:?usage: $0 URL IMAGE [CONTENT_TYPE]}
 image=${2:?usage: $0 URL IMAGE [CONTENT_TYPE]}
 content_type=${3:-image/jpeg}
 
-# `--format curl` prints "-H" and "Name: value" on alternate lines: one array element each.
-mapfile -t signature < <("${CIDSERVE:-cidserve}" sign POST "$url" --data-file "$image" --format curl)
-if [ "${#signature[@]}" -ne 8 ]; then
+# The signature covers the URL's host, the Content-Type and the body: curl must send exactly
+# these. `--format curl` prints "-H" and "Name: value" on alternate lines: one array element each.
+mapfile -t signature < <("${CIDSERVE:-cidserve}" sign POST "$url" \
+  -H "Content-Type: ${content_type}" --data-file "$image" --format curl)
+if [ "${#signature[@]}" -ne 10 ]; then
   echo "signed_request.sh: cidserve sign failed" >&2
   exit 1
 fi

@@ -28,6 +28,11 @@ class PostprocessingError(ValueError):
     """The model's outputs do not fit the postprocessing spec (a server-side model error)."""
 
 
+class NonFiniteOutput(PostprocessingError):
+    """The model's outputs for this input hold NaN or infinity: the input is outside what the
+    model computes in its number range (the caller's to change, not a server fault)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """Per-request options that change the answer."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from postprocessing.base import (
     LabelledOptions,
+    NonFiniteOutput,
     Options,
     PostprocessingError,
     PostprocessingKind,
@@ -126,7 +127,7 @@ class ClassificationPostprocessor:
                 f"{len(self._labels)} labels for output {self._name!r}, which has {n} classes"
             )
         if not np.isfinite(scores).all():
-            raise PostprocessingError(f"model output {self._name!r} has non-finite values")
+            raise NonFiniteOutput(f"model output {self._name!r} has non-finite values")
         probs = softmax(scores) if self._softmax else scores
         k = n if options.top_k <= 0 else min(options.top_k, n)
         predictions = [

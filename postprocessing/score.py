@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from postprocessing.base import (
+    NonFiniteOutput,
     Options,
     PostprocessingError,
     PostprocessingKind,
@@ -74,7 +75,7 @@ class ScorePostprocessor(PostprocessorBase):
             )
         value = float(arr.reshape(-1)[0])
         if not math.isfinite(value):
-            raise PostprocessingError(f"model output {self._name!r} is {value}")
+            raise NonFiniteOutput(f"model output {self._name!r} is {value}")
         if self._sigmoid:
             value = sigmoid(value)
         if self._clamp:

@@ -3,8 +3,8 @@
 Kinds are plug-ins found by entry point (group ``cidserve.preprocessing``; cidserve's own
 ``image``, ``tensor`` and ``tabular`` are declared the same way): :func:`kinds` lists them,
 :func:`create` builds a model's preprocessor from its metadata, :func:`validate_options`
-checks a ``preprocessing`` spec (publishing), and :func:`tensor_feeds` feeds a raw tensor to
-a model of any kind. See docs/EXTENDING.md.
+checks a ``preprocessing`` spec (publishing), and :func:`tensor_feeds` feeds raw tensors (one,
+or one per input) to a model of any kind. See docs/EXTENDING.md.
 """
 
 from preprocessing.base import (
@@ -23,6 +23,7 @@ from preprocessing.base import (
     PreprocessorBase,
     PreprocessorFactory,
     TensorPayload,
+    TensorsPayload,
     create,
     kinds,
     parse_options,
@@ -47,6 +48,7 @@ __all__ = [
     "PreprocessorBase",
     "PreprocessorFactory",
     "TensorPayload",
+    "TensorsPayload",
     "create",
     "kinds",
     "parse_options",

@@ -49,13 +49,20 @@ class TensorPayload:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorsPayload:
+    """Tensors sent by the client for several model inputs, by input name (not yet checked)."""
+
+    tensors: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
 class FeaturesPayload:
     """Named scalar features (tabular models)."""
 
     values: dict[str, float]
 
 
-Payload = ImagePayload | TensorPayload | FeaturesPayload
+Payload = ImagePayload | TensorPayload | TensorsPayload | FeaturesPayload
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,9 @@ class Limits:
 
     max_image_pixels: int = 40_000_000
     max_tensor_elements: int = 50_000_000
+    # Bytes one image may take decoded and converted (Pillow holds 8-bit colour in 4 bytes a
+    # pixel; 16-bit grey in 2, plus its 8-bit conversion): a 40 MP RGB image fits.
+    max_image_bytes: int = 160 << 20
 
 
 @dataclass(slots=True)

@@ -1,12 +1,15 @@
 """Tensor feeds: the raw-tensor path that every preprocessing kind shares.
 
-A client may send a model's input tensor itself (a :class:`TensorPayload`) to a model of any
-kind: it bypasses image decoding or feature scaling and is only checked against the input the
-metadata declares. The checks, in order: the element count against
-``Limits.max_tensor_elements``; the dtype (a cast must keep the value's kind: integers may
-feed a float input, floats may not feed an integer input, integers feeding a narrower integer
-input must fit its range); the rank (a tensor one rank short gets a batch dimension of 1);
-every fixed dimension. The feed is a contiguous array of the declared dtype.
+A client may send a model's input tensor itself (a :class:`TensorPayload`), or a tensor for each
+of its inputs (a :class:`TensorsPayload`), to a model of any kind: it bypasses image decoding or
+feature scaling and is only checked against the inputs the metadata declares. A
+:class:`TensorsPayload` must feed every input and nothing else, within
+``Limits.max_tensor_elements`` elements in all. The checks of each tensor, in order: the element
+count against ``Limits.max_tensor_elements``; the dtype (a cast must keep the value's kind:
+integers may feed a float input, floats may not feed an integer input, integers feeding a
+narrower integer input must fit its range); the rank (a tensor one rank short gets a batch
+dimension of 1); every fixed dimension. The feed is a contiguous array of the declared dtype (a
+string input takes text only, fed as an array of ``str``).
 
 The helpers here (the input a kind feeds, dtype names, "model expects ..." errors) are for
 kinds to share; :mod:`preprocessing.tensor` is the ``tensor`` kind itself.
@@ -24,6 +27,7 @@ from preprocessing.base import (
     Prepared,
     PreprocessingError,
     TensorPayload,
+    TensorsPayload,
 )
 from registry.metadata import Dim, MetadataError, ModelMetadata, TensorSpec
 
@@ -44,6 +48,8 @@ def describe_payload(payload: object) -> str:
         return "an image"
     if isinstance(payload, TensorPayload):
         return "a tensor"
+    if isinstance(payload, TensorsPayload):
+        return "tensors"
     if isinstance(payload, FeaturesPayload):
         return "features"
     return type(payload).__name__
@@ -65,7 +71,7 @@ def single_input(metadata: ModelMetadata, name: str | None) -> TensorSpec:
     if len(names) > 1:
         raise PreprocessingError(
             f"model has {len(names)} inputs ({', '.join(map(repr, names))}); "
-            "a request feeds exactly one"
+            "send a tensor for each with the 'tensors' format"
         )
     return metadata.input_spec(name)
 
@@ -102,7 +108,18 @@ class TensorInput:
             )
         self._check_dtype(arr)
         arr = self._check_shape(arr)
-        return Prepared(feeds={self._name: np.ascontiguousarray(arr, dtype=self._dtype)})
+        with np.errstate(over="ignore", invalid="ignore"):
+            feed = np.ascontiguousarray(arr, dtype=self._dtype)
+        if (
+            arr.dtype.kind == "f"
+            and feed.dtype.itemsize < arr.dtype.itemsize
+            and not np.isfinite(feed).all()
+            and np.isfinite(arr).all()
+        ):
+            raise PreprocessingError(
+                f"input {self._name!r}: values out of the range of {self._dtype_name()}"
+            )
+        return Prepared(feeds={self._name: feed})
 
     def _mismatch(self, reason: str, arr: np.ndarray) -> PreprocessingError:
         return PreprocessingError(
@@ -116,7 +133,9 @@ class TensorInput:
     def _check_dtype(self, arr: np.ndarray) -> None:
         src, dst = arr.dtype, self._dtype
         if dst.kind == "O":
-            ok = src.kind == "U"
+            ok = src.kind == "U" or (
+                src.kind == "O" and all(isinstance(v, str) for v in arr.reshape(-1))
+            )
         elif src.kind == "b":
             ok = dst.kind in "biuf"
         elif src.kind in "iu" and dst.kind == "f":
@@ -130,7 +149,8 @@ class TensorInput:
         else:
             ok = False
         if not ok:
-            raise self._mismatch(f"cannot feed {src} values to a {self._dtype_name()} input", arr)
+            what = "string" if src.kind in "UO" else str(src)
+            raise self._mismatch(f"cannot feed {what} values to a {self._dtype_name()} input", arr)
 
     @staticmethod
     def _fits(arr: np.ndarray, dst: np.dtype) -> bool:
@@ -157,6 +177,39 @@ class TensorInput:
         return arr
 
 
+class ModelInputs:
+    """Checks a :class:`TensorsPayload` against the inputs it must feed, all of them and no
+    other, within ``Limits.max_tensor_elements`` elements in all; built once per model."""
+
+    __slots__ = ("_checks", "_max_elements")
+
+    def __init__(self, specs: list[TensorSpec], limits: Limits) -> None:
+        self._checks = {spec.name: TensorInput(spec, limits) for spec in specs}
+        self._max_elements = limits.max_tensor_elements
+
+    def __call__(self, payload: TensorsPayload) -> Prepared:
+        """The feeds of every input; errors name the input."""
+        tensors = payload.tensors
+        names = ", ".join(repr(n) for n in self._checks)
+        for name in tensors:
+            if name not in self._checks:
+                raise PreprocessingError(f"model has no input {name!r}; its inputs are {names}")
+        for name in self._checks:
+            if name not in tensors:
+                raise PreprocessingError(
+                    f"input {name!r} is missing; the model's inputs are {names}"
+                )
+        total = sum(int(getattr(arr, "size", 0)) for arr in tensors.values())
+        if total > self._max_elements:
+            raise InputTooLarge(
+                f"the tensors have {total} elements in all; the limit is {self._max_elements}"
+            )
+        feeds: dict[str, np.ndarray] = {}
+        for name, check in self._checks.items():
+            feeds.update(check(TensorPayload(tensors[name], name)).feeds)
+        return Prepared(feeds=feeds)
+
+
 def _fixed_above_one(dim: Dim) -> bool:
     return isinstance(dim, int) and dim != 1
 
@@ -170,10 +223,15 @@ def model_input(metadata: ModelMetadata) -> TensorSpec:
         raise MetadataError(f"invalid metadata: {exc}", "inputs") from None
 
 
-def tensor_feeds(metadata: ModelMetadata, payload: TensorPayload, limits: Limits) -> Prepared:
-    """Feeds for a raw tensor sent to a model of any preprocessing kind.
+def tensor_feeds(
+    metadata: ModelMetadata, payload: TensorPayload | TensorsPayload, limits: Limits
+) -> Prepared:
+    """Feeds for raw tensors sent to a model of any preprocessing kind.
 
-    The input is ``payload.input``, else the metadata's ``preprocessing.input``, else the
-    model's first input."""
+    A :class:`TensorsPayload` feeds every model input (:class:`ModelInputs`). A
+    :class:`TensorPayload` feeds one input: ``payload.input``, else the metadata's
+    ``preprocessing.input``, else the model's only input."""
+    if isinstance(payload, TensorsPayload):
+        return ModelInputs(list(metadata.inputs), limits)(payload)
     name = payload.input if payload.input is not None else metadata.preprocessing.input
     return TensorInput(single_input(metadata, name), limits)(payload)

@@ -3,8 +3,12 @@
 Options: :class:`preprocessing.image_options.ImagePreprocessing`. Per request: identify the
 image from its header and refuse it when ``width * height`` exceeds
 ``Limits.max_image_pixels`` (before any pixel is decoded); let the JPEG decoder scale down in
-the DCT domain (``Image.draft``) to no less than the size the resize needs; decode; apply the
-EXIF orientation; convert to RGB; resize (``shorter_side`` + center crop, ``stretch`` or
+the DCT domain (``Image.draft``) to no less than the size the resize needs; refuse it when
+the bytes its decoding takes exceed ``Limits.max_image_bytes`` (:func:`image_bytes`, from the
+header's size and mode, before any pixel is decoded: a 16-bit, alpha or palette image costs
+more a pixel than an 8-bit grey one); decode; apply the EXIF orientation; convert to 8-bit
+grey or RGB (16/32-bit grey in strips, so no array larger than the 8-bit image is built);
+resize (``shorter_side`` + center crop, ``stretch`` or
 ``letterbox``); write the pixels normalised, in the model's channel order and layout, into a
 ``[1, ...]`` array of the input's dtype. Everything that depends only on the model (target
 size, resampling filter, per-channel scale and offset, pad values) is computed once at load.
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from preprocessing.base import (
     ImagePayload,
@@ -65,6 +69,11 @@ _RESAMPLE = {
 _ORIENTATION_TAG = 0x0112
 _SWAPS_AXES = frozenset({5, 6, 7, 8})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError)
+# Modes resized as 8-bit grey (converted to RGB after the resize, which gives the same pixels
+# as converting first, at a third of the memory); every other mode is converted to RGB.
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+# Working memory of one strip of a 16/32-bit grey conversion.
+_STRIP_BYTES = 1 << 20
 
 Box = tuple[float, float, float, float]
 
@@ -141,19 +150,60 @@ def _exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """RGB pixels from any mode Pillow decodes (16/32-bit grey is scaled down, not clipped)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I"):
-        grey = np.asarray(img).astype(np.int64, copy=False)
-        img = Image.fromarray((np.clip(grey, 0, 65535) >> 8).astype(np.uint8), "L")
-    elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L")
+def _resize_mode(mode: str) -> str:
+    """The mode an image of ``mode`` is resized in: ``L`` for grey, ``RGB`` otherwise."""
+    return "L" if mode in _GREY_MODES or mode.startswith("I;") else "RGB"
+
+
+def _pixel_bytes(mode: str) -> int:
+    """Bytes Pillow holds one pixel of ``mode`` in (8-bit modes of 2-4 bands take 4)."""
     try:
-        return img.convert("RGB")
+        info = ImageMode.getmode(mode)
+    except KeyError:
+        return 8
+    size = np.dtype(info.typestr).itemsize
+    return size if len(info.bands) == 1 else max(4, size * len(info.bands))
+
+
+def image_bytes(mode: str, width: int, height: int, *, transposed: bool = False) -> int:
+    """The memory that decoding a ``width`` x ``height`` image of ``mode`` takes here: the
+    decoded pixels, plus the larger of the EXIF-transposed copy (``transposed``) and the
+    conversion to the mode it is resized in (none for ``L`` and ``RGB``)."""
+    pixels = width * height
+    decoded = pixels * _pixel_bytes(mode)
+    target = _resize_mode(mode)
+    converted = 0 if mode == target else pixels * _pixel_bytes(target)
+    return decoded + max(decoded if transposed else 0, converted)
+
+
+def _grey8(img: Image.Image) -> Image.Image:
+    """8-bit grey from 16/32-bit integer grey (scaled down, not clipped) or float grey
+    (clipped to 0..255), converted in strips of at most :data:`_STRIP_BYTES` of working
+    memory: nothing larger than the 8-bit result is built."""
+    width, height = img.size
+    out = Image.new("L", (width, height))
+    rows = max(1, _STRIP_BYTES // (width * 8))
+    for top in range(0, height, rows):
+        strip = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        if img.mode == "F":
+            grey = np.clip(strip, 0, 255).astype(np.uint8)
+        else:
+            grey = (np.clip(strip.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        out.paste(Image.fromarray(grey), (0, top))
+    return out
+
+
+def _to_resizable(img: Image.Image) -> Image.Image:
+    """8-bit grey or RGB pixels (what the resize works on) from any mode Pillow decodes."""
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return img
+    if mode.startswith("I") or mode == "F":
+        return _grey8(img)
+    try:
+        return img.convert(_resize_mode(mode))
     except ValueError as exc:
-        raise PreprocessingError(f"image mode {img.mode} is not supported ({exc})") from None
+        raise PreprocessingError(f"image mode {mode} is not supported ({exc})") from None
 
 
 class PixelWriter:
@@ -237,6 +287,7 @@ class ImagePreprocessor:
         self._name = target.name
         self._tensor = TensorInput(target, limits)
         self._max_pixels = limits.max_image_pixels
+        self._max_bytes = limits.max_image_bytes
         self._resample = _RESAMPLE[spec.interpolation]
         self._writer = PixelWriter(spec, dtype)
         self._input_size = (spec.size[1], spec.size[0])
@@ -276,11 +327,18 @@ class ImagePreprocessor:
         img = self._open(data)
         stored_w, stored_h = img.size
         region: Box | None = None
+        # A JPEG's EXIF is in its header; other formats' may follow the pixels (Pillow's PNG
+        # reader decodes the image to look for it), so they are charged as upright first.
+        header_orientation = 1
         if img.format in ("JPEG", "MPO"):
-            region = self._draft(img, _exif_orientation(img))
+            header_orientation = _exif_orientation(img)
+            region = self._draft(img, header_orientation)
+        self._check_bytes(img, header_orientation)  # the size and mode the decoder will make
         try:
             img.load()
             orientation = _exif_orientation(img)
+            if orientation != header_orientation:  # EXIF found only while decoding
+                self._check_bytes(img, orientation)
             loaded_w, loaded_h = img.size
             ImageOps.exif_transpose(img, in_place=True)
         except _DECODE_ERRORS as exc:
@@ -295,8 +353,7 @@ class ImagePreprocessor:
         self, img: Image.Image, region: Box, width: int, height: int, geo: Geometry
     ) -> Image.Image:
         """The RGB pixels ``geo`` places into the input: crop and resize in one resampling."""
-        if img.mode not in ("RGB", "L"):
-            img = _to_rgb(img)
+        img = _to_resizable(img)
         kx = (region[2] - region[0]) / width
         ky = (region[3] - region[1]) / height
         cx0, cy0, cx1, cy1 = geo.crop
@@ -335,6 +392,17 @@ class ImagePreprocessor:
         if width == 0 or height == 0:
             raise PreprocessingError(f"input is not a decodable image (size {width}x{height})")
         return img
+
+    def _check_bytes(self, img: Image.Image, orientation: int) -> None:
+        """Refuse (413) an image whose decoding takes more than the byte budget."""
+        width, height = img.size
+        need = image_bytes(img.mode, width, height, transposed=orientation != 1)
+        if need > self._max_bytes:
+            raise InputTooLarge(
+                f"image is {width}x{height} in mode {img.mode}: decoding and converting it "
+                f"takes {need} bytes; the limit is {self._max_bytes} bytes "
+                "(CIDSERVE_MAX_IMAGE_BYTES)"
+            )
 
     def _draft(self, img: Image.Image, orientation: int) -> Box | None:
         """Ask the JPEG decoder for a reduced scale; the region of the draft that covers the

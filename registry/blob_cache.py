@@ -18,11 +18,15 @@ model) and buy nothing. The record guards against damage (a disk, a partial copy
 edit), not against someone who can write the directory: they could rewrite the record too, as
 they could the code.
 
-Size bound: the total of the blobs is kept under ``max_bytes`` by deleting the least recently
-used ones after each write. Blobs used in the last ``protect_s`` seconds are kept even over the
-bound (a path just handed to ONNX Runtime must survive until it is read); a blob larger than
-the whole bound is still written (and is the first to go). Recency is kept in memory and in
-each blob's mtime (touched at most once a minute), so the order survives a restart. Several
+Size bound: the total of the blobs, plus the space reserved for the files being downloaded
+(each reserves the size its caller allows, at :meth:`BlobCache.begin`), is kept under
+``max_bytes`` by deleting the least recently used blobs before a download starts and after each
+write; a download that would take the bound past what downloads already under way hold is
+refused (``ContentUnavailable``, retry later). Blobs used in the last ``protect_s`` seconds are
+kept even over the bound (a path just handed to ONNX Runtime must survive until it is read); a
+blob larger than the whole bound is still written (and is the first to go). Recency is kept in
+memory and in each blob's mtime (touched at most once a minute), so the order survives a
+restart. Several
 processes may share the directory; each enforces the bound on the blobs it knows of.
 
 All methods block (file I/O and hashing): call them from a worker thread.
@@ -49,7 +53,7 @@ from registry.blob_record import (
     read_record,
     record_path,
 )
-from registry.store import ContentTooLarge
+from registry.store import ContentTooLarge, ContentUnavailable
 
 log = logging.getLogger("cidserve.blob_cache")
 
@@ -87,6 +91,7 @@ class BlobCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] | None = None  # loaded on first use
         self._total = 0
+        self._reserved = 0  # bytes set aside for pending blobs (downloads in progress)
         self._verified: dict[str, _Identity] = {}
         self.hits = 0
         self.misses = 0
@@ -245,11 +250,41 @@ class BlobCache:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def begin(self) -> PendingBlob:
-        """A new pending blob in the cache directory (same file system: the rename is atomic)."""
+    def begin(self, reserve: int = 0) -> PendingBlob:
+        """A new pending blob in the cache directory (same file system: the rename is atomic).
+
+        ``reserve`` bytes (the most the download may write) count against the bound until the
+        blob is installed or dropped; least recently used blobs are deleted to make room.
+        Raises ``ContentUnavailable`` when downloads under way already hold so much of the
+        bound that this one does not fit (one download alone is always admitted).
+        """
         with self._lock:
             self._load()
-        return PendingBlob(self.root)
+            if self._reserved and self._reserved + reserve > self.max_bytes:
+                raise ContentUnavailable(
+                    f"downloads in progress hold {self._reserved} bytes of the blob cache's "
+                    f"{self.max_bytes}-byte bound (CIDSERVE_BLOB_CACHE_MAX_BYTES); this one may "
+                    f"need {reserve}",
+                    retry_after_s=5,
+                )
+            self._reserved += reserve
+            victims = self._pick_victims(keep=None, now=time.time())
+        for name in victims:
+            self._delete(name)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if not released:
+                    released = True
+                    self._reserved -= reserve
+
+        try:
+            return PendingBlob(self.root, on_close=release)
+        except BaseException:
+            release()
+            raise
 
     def commit(self, canonical: str, pending: PendingBlob) -> Path:
         """Install a completely written and verified blob under ``canonical``; evict to fit."""
@@ -270,11 +305,12 @@ class BlobCache:
             self._delete(name)
         return path
 
-    def _pick_victims(self, *, keep: str, now: float) -> list[str]:
-        """Least recently used blobs to delete to get under the bound (called under the lock)."""
+    def _pick_victims(self, *, keep: str | None, now: float) -> list[str]:
+        """Least recently used blobs to delete to get under the bound, counting the space
+        reserved for downloads in progress (called under the lock)."""
         assert self._entries is not None
         victims: list[str] = []
-        excess = self._total - self.max_bytes
+        excess = self._total + self._reserved - self.max_bytes
         if excess <= 0:
             return victims
         for name, entry in list(self._entries.items()):
@@ -312,6 +348,7 @@ class BlobCache:
                 "dir": str(self.root),
                 "blobs": len(entries),
                 "bytes": self._total,
+                "reserved_bytes": self._reserved,
                 "max_bytes": self.max_bytes,
                 "hits": self.hits,
                 "misses": self.misses,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,10 +52,13 @@ class PendingBlob:
     them on the way: ``registry.dag_leaves.LeafVerifier``); ``flush`` and ``fileno`` serve
     readers of what was already written. Then :meth:`install` or :meth:`abort`. The record
     kept beside the blob lists the SHA-256 of each range of the file as it was written.
+    ``on_close`` is called once, when the blob is installed or dropped (the cache releases the
+    disk space it reserved for it).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, on_close: Callable[[], None] | None = None) -> None:
         self._directory = directory
+        self._on_close = on_close
         self._tmp = AtomicFile(directory, TMP_PREFIX, TMP_SUFFIX)
         self.path = self._tmp.path
         self.file: BinaryIO = self._tmp.file
@@ -140,10 +144,19 @@ class PendingBlob:
         except BaseException:
             self.abort()
             raise
+        self._closed()
 
     def abort(self) -> None:
         """Drop the partial blob."""
-        self._tmp.abort()
+        try:
+            self._tmp.abort()
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 def read_record(path: Path, size: int) -> Ranges | None:

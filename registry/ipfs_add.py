@@ -129,7 +129,7 @@ async def _add(
         "progress": "false",
         "wrap-with-directory": "false",
     }
-    where = client.config.api_url
+    where = client.where  # redacted: no API key from the URL in messages
     try:
         async with client.http.stream(
             "POST",

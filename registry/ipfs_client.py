@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import httpx
 
 from registry.dagpb import MAX_BLOCK_SIZE
+from registry.redact import redact_url
 from registry.store import (
     ContentIntegrityError,
     ContentNotFound,
@@ -144,7 +145,7 @@ class IpfsClient:
         self.config = config
         self.api = config.api_url.rstrip("/") + "/api/v0" if config.api_url else None
         self.gateway = config.gateway_url.rstrip("/") if config.gateway_url else None
-        self.where = config.api_url or config.gateway_url
+        self.where = redact_url(config.api_url or config.gateway_url or "")
         self.received = on_received
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(

@@ -18,7 +18,9 @@ is the facade; the work is done by:
 A fetch writes into a pending blob of the cache, which becomes a cache entry only once every
 block has matched; on any error it is deleted. Nothing unverified is cached or returned: a
 mismatch raises ``ContentIntegrityError`` naming the CID (and the block). Concurrent requests
-for one CID share one fetch.
+for one CID share one fetch; at most ``max_concurrent_fetches`` fetches run at once (one more is
+refused at once with :class:`FetchesBusy`, 503 + ``Retry-After``), and each reserves the most it
+may write against the blob cache's disk bound while it runs.
 
 Errors: the node unreachable (after retries with exponential backoff) -> ``ContentUnavailable``
 (503 + ``Retry-After``); a CID the node cannot find within the find timeout ->
@@ -43,12 +45,16 @@ from registry.ipfs_add import ProgressFactory, add_bytes, add_file, add_stream
 from registry.ipfs_client import Deadline, IpfsClient, IpfsConfig
 from registry.ipfs_fetch import fetch_api
 from registry.ipfs_gateway import fetch_gateway
-from registry.store import ContentStoreError, InvalidCid
+from registry.store import ContentStoreError, ContentUnavailable, InvalidCid
 from registry.unixfs import canonical_cid
 
-__all__ = ["IpfsConfig", "IpfsContentStore"]
+__all__ = ["FetchesBusy", "IpfsConfig", "IpfsContentStore"]
 
 log = logging.getLogger("cidserve.ipfs")
+
+
+class FetchesBusy(ContentUnavailable):
+    """As many fetches as allowed are under way (``CIDSERVE_MAX_CONCURRENT_FETCHES``)."""
 
 
 class IpfsContentStore:
@@ -63,8 +69,11 @@ class IpfsContentStore:
         cache: BlobCache,
         *,
         progress: ProgressFactory | None = None,
+        max_concurrent_fetches: int | None = None,
     ) -> None:
         self.config = config
+        self.max_concurrent_fetches = max_concurrent_fetches
+        self.fetching = 0
         self.cache = cache
         self.progress = progress
         self._client = IpfsClient(config, self._received)
@@ -133,10 +142,25 @@ class IpfsContentStore:
         return await asyncio.shield(pending)
 
     async def _fetch(self, cid: str, canonical: str, max_size: int) -> Path:
+        cap = self.max_concurrent_fetches
+        if cap is not None and self.fetching >= cap:
+            raise FetchesBusy(
+                f"{cap} IPFS fetches are already under way (CIDSERVE_MAX_CONCURRENT_FETCHES); "
+                "try again shortly",
+                cid=cid,
+                retry_after_s=1,
+            )
+        self.fetching += 1
+        try:
+            return await self._fetch_admitted(cid, canonical, max_size)
+        finally:
+            self.fetching -= 1
+
+    async def _fetch_admitted(self, cid: str, canonical: str, max_size: int) -> Path:
         client = self._client
         self.fetches += 1
         deadline = Deadline(self.config.fetch_timeout_s, cid)
-        blob = await client.thread(self.cache.begin)
+        blob = await client.thread(self.cache.begin, max_size)
         worker = client.worker()
         t0 = time.perf_counter()
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -32,7 +32,18 @@ from registry.metadata import (
 from registry.presets import preset_preprocessing
 from registry.store import ContentStore
 
-TASKS = ("classification", "detection", "score")
+TASKS = ("classification", "detection", "score", "tensor")
+
+StepCallback = Callable[[str, int, int], None]
+"""``(description, index, total)``: told when step ``index`` (1-based) of ``total`` starts (a
+progress bar)."""
+
+PUBLISH_STEPS = (
+    "checking the model",
+    "storing the labels",
+    "storing the model",
+    "storing the metadata",
+)
 
 SpecLike = PreprocessingSpec | PostprocessingSpec | BaseModel | Mapping[str, Any]
 """A ``preprocessing`` / ``postprocessing`` given to :func:`publish_model`: a spec, a kind's
@@ -140,6 +151,9 @@ def default_postprocessing(
         }
     elif task == "score":
         doc = {"label": "score", "sigmoid": False, "clamp": False}
+    elif task == "tensor":  # every output, as tensors
+        doc = {"outputs": None, "max_elements": 1_000_000, "max_text_chars": 16 << 20}
+        return PostprocessingSpec.model_validate({"kind": task, "output": None, **doc})
     else:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     return PostprocessingSpec.model_validate({"kind": task, "output": output.name, **doc})
@@ -160,20 +174,33 @@ async def publish_model(
     postprocessing: SpecLike | None = None,
     cache_predictions: bool = True,
     tools: dict[str, str] | None = None,
+    progress: StepCallback | None = None,
 ) -> PublishResult:
     """Store the model, its labels and its metadata; return the CIDs.
 
     ``preprocessing``/``postprocessing`` given explicitly win over ``preset``/``task``; they
-    are written as given (see :data:`SpecLike`).
+    are written as given (see :data:`SpecLike`). ``progress`` is told each of
+    :data:`PUBLISH_STEPS` as it starts (the labels' step also without labels).
     """
+
+    def tell(step: str) -> None:
+        if progress is not None:
+            progress(step, PUBLISH_STEPS.index(step) + 1, len(PUBLISH_STEPS))
+
+    tell("checking the model")
     info = await asyncio.to_thread(inspect_onnx, model_path)
+    tell("storing the labels")
     if labels_path is not None:
         labels = parse_labels(await asyncio.to_thread(labels_path.read_bytes))
     labels_cid = None
     if labels is not None:
         labels_cid = await store.put_bytes(json.dumps(labels, ensure_ascii=False).encode())
+    tell("storing the model")
     model_cid = await store.put_file(model_path)
-    pre = preprocessing or preset_preprocessing(preset, info.inputs[0])
+    if preprocessing is None and preset == "none" and len(info.inputs) > 1:
+        pre = PreprocessingSpec(kind="tensor", input=None)  # a tensor for every input
+    else:
+        pre = preprocessing or preset_preprocessing(preset, info.inputs[0])
     post = postprocessing or default_postprocessing(task, labels_cid, info.outputs[0])
     tool_versions = {
         k: v
@@ -199,6 +226,7 @@ async def publish_model(
         created_at=now_utc(),
         tools=tool_versions,
     )
+    tell("storing the metadata")
     metadata_cid = await store.put_bytes(metadata.to_json_bytes())
     return PublishResult(
         metadata_cid=metadata_cid,

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Debian tools the deployment tests run: `docker-compose config` (validates docker-compose.yml
-# without a Docker engine) and `promtool` (checks the Prometheus config and alert rules).
-# Installs only what is missing; a no-op on a machine that has both.
+# without a Docker engine), `promtool` (checks the Prometheus config and alert rules) and
+# `haproxy` (the router of deploy/router/, run in front of three replicas by
+# tests/deploy/test_router.py). Installs only what is missing; a no-op on a machine that has
+# all three.
 set -euo pipefail
 
 missing=()
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The headless browser and its driver that tests/http/test_playground.py drives.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
@@ -15,7 +21,7 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 export DEBIAN_FRONTEND=noninteractive
-# The prometheus package would start a Prometheus server; only promtool is wanted here.
+# The prometheus and haproxy packages would start their servers; only the binaries are wanted.
 policy=/usr/sbin/policy-rc.d
 own_policy=""
 if [ ! -e "$policy" ]; then

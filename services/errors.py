@@ -58,6 +58,34 @@ class TokenMismatch(ServiceError):
     """The token names another metadata CID than the one being loaded."""
 
 
+class TokenConflict(ServiceError):
+    """The request names a token, but the chain records another token for this content."""
+
+
+class UntrustedToken(ServiceError):
+    """The content's token was minted by an address the operator does not trust."""
+
+
+class OperatorRequired(ServiceError):
+    """A control-plane operation without the operator's credentials (``CIDSERVE_ADMIN_TOKEN``)."""
+
+
+class RateLimited(ServiceError):
+    """The caller sent more requests than its allowance; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(ServiceError):
+    """The service (or one model's queue) is full; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after_s = retry_after_s
+
+
 class DependencyUnavailable(ServiceError):
     """A dependency (chain, replay store, ...) does not answer; try again later."""
 
@@ -68,6 +96,10 @@ class DependencyUnavailable(ServiceError):
 
 class InferenceTimeout(ServiceError):
     """The request's deadline passed before the model answered (the run was terminated)."""
+
+
+class InputOutOfRange(ServiceError):
+    """The model computes NaN or infinity for this input: outside what it handles (422)."""
 
 
 class ModelOutputError(ServiceError):

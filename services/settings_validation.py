@@ -16,6 +16,7 @@ from pydantic import SecretStr, ValidationInfo
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _HTTP_PROBLEM = "must be an http:// or https:// URL with a host"
+_ALLOW_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(:[0-9]+)?")
 
 
 def is_evm_address(value: str) -> bool:
@@ -82,6 +83,145 @@ def redis_url(v: str | None) -> str | None:
     return v
 
 
+def cid_list(v: object) -> tuple[str, ...]:
+    """Comma-separated CIDs (or a list of them), each canonical (CIDv1 base32), without
+    duplicates; blank entries are skipped, so an unset or blank value is the empty list."""
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        items: list[object] = list(v.split(","))
+    elif isinstance(v, list | tuple | set | frozenset):
+        items = list(v)
+    else:
+        raise ValueError("must be a comma-separated list of CIDs")
+    from registry.unixfs import canonical_cid
+
+    out: list[str] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise ValueError(f"entry {i} is not a CID")
+        if not (text := item.strip()):
+            continue
+        try:
+            cid = canonical_cid(text)
+        except ValueError:
+            raise ValueError(f"entry {i} is not a CID") from None
+        if cid not in out:
+            out.append(cid)
+    return tuple(out)
+
+
+MAX_TOKEN_FILE_BYTES = 4096
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+_TOKEN_PROBLEM = "must be printable ASCII without spaces (it is sent as 'Bearer <token>')"
+
+
+def admin_token(v: SecretStr | None) -> SecretStr | None:
+    """Blank: no token; else printable ASCII without spaces, surrounding space stripped."""
+    if v is None or not (raw := v.get_secret_value().strip()):
+        return None
+    if not _TOKEN.fullmatch(raw):
+        raise ValueError(_TOKEN_PROBLEM)
+    return SecretStr(raw)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, surrounding whitespace stripped; ``ValueError`` (never
+    repeating the content) when the file is unreadable, too large, empty or not a token."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read the file ({type(exc).__name__}: {exc.strerror})") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise ValueError(f"the file is over {MAX_TOKEN_FILE_BYTES} bytes; it must hold the token")
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"the token in the file {_TOKEN_PROBLEM}") from None
+    if not token:
+        raise ValueError("the file is empty; it must hold the token")
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(f"the token in the file {_TOKEN_PROBLEM}")
+    return token
+
+
+def admin_token_file(v: Path | None, info: ValidationInfo) -> Path | None:
+    """A readable file holding a token, and not together with ``admin_token`` (validated
+    before it)."""
+    if v is None or not str(v).strip():
+        return None
+    if info.data.get("admin_token") is not None:
+        raise ValueError("set CIDSERVE_ADMIN_TOKEN or CIDSERVE_ADMIN_TOKEN_FILE, not both")
+    read_token_file(v)
+    return v
+
+
+def origin_list(v: object) -> tuple[str, ...]:
+    """Comma-separated browser origins (``scheme://host[:port]``, or ``*``), without
+    duplicates; an unset or blank value is the empty list (CORS off)."""
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        items: list[object] = list(v.split(","))
+    elif isinstance(v, list | tuple | set | frozenset):
+        items = list(v)
+    else:
+        raise ValueError("must be a comma-separated list of origins")
+    out: list[str] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise ValueError(f"entry {i} is not an origin")
+        if not (text := item.strip().rstrip("/")):
+            continue
+        if text != "*":
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"entry {i} must be * or an http(s)://host[:port] origin")
+            if parts.path or parts.query or parts.fragment or parts.username:
+                raise ValueError(f"entry {i} must be an origin: scheme://host[:port], no path")
+            _check_port(parts)
+        if text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def url_allow_list(v: object) -> tuple[str, ...]:
+    """Comma-separated ``host[:port]`` entries (an IPv6 address in brackets), kept lower-case
+    as ``host`` or ``host:port``; unset or blank: nothing is allowed past the address check."""
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        items: list[object] = list(v.split(","))
+    elif isinstance(v, list | tuple | set | frozenset):
+        items = list(v)
+    else:
+        raise ValueError("must be a comma-separated list of host[:port] entries")
+    out: list[str] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise ValueError(f"entry {i} is not a host[:port]")
+        if not (text := item.strip().lower()):
+            continue
+        parts = urlsplit(f"//{text}")
+        if (
+            not parts.hostname
+            or parts.username is not None
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or text.endswith(":")
+            or not _ALLOW_HOST.fullmatch(parts.netloc)
+        ):
+            raise ValueError(f"entry {i} must be host[:port] (an IPv6 address in brackets)")
+        _check_port(parts)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        entry = host if parts.port is None else f"{host}:{parts.port}"
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
 def find_timeout(v: float, info: ValidationInfo) -> float:
     """The IPFS find timeout is below the read timeout (validated before it)."""
     read = info.data.get("ipfs_timeout_s")
@@ -98,6 +238,42 @@ def license_contract(v: str | None, info: ValidationInfo) -> str | None:
         raise ValueError("must be an address: 0x followed by 40 hex digits (EIP-55 case)")
     if info.data.get("chain_rpc_url") is None:
         raise ValueError("needs CIDSERVE_CHAIN_RPC_URL (or AVALANCHE_RPC_URL) as well")
+    return v
+
+
+def address_list(v: object) -> tuple[str, ...]:
+    """Comma-separated EVM addresses (or a list of them), kept lower-case without duplicates;
+    blank entries are skipped, so an unset or blank value is the empty list."""
+    if v is None:
+        return ()
+    if isinstance(v, str):
+        items: list[object] = list(v.split(","))
+    elif isinstance(v, list | tuple | set | frozenset):
+        items = list(v)
+    else:
+        raise ValueError("must be a comma-separated list of addresses")
+    out: list[str] = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, str):
+            raise ValueError(f"entry {i} is not an address")
+        if not (text := item.strip()):
+            continue
+        if not is_evm_address(text):
+            raise ValueError(
+                f"entry {i} is not an address: 0x followed by 40 hex digits (EIP-55 case)"
+            )
+        if text.lower() not in out:
+            out.append(text.lower())
+    return tuple(out)
+
+
+def trusted_minters(v: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+    """Only with a license contract (``license_contract`` is validated before it)."""
+    if v and info.data.get("license_contract") is None:
+        raise ValueError(
+            "needs CIDSERVE_CHAIN_RPC_URL and CIDSERVE_LICENSE_CONTRACT: minters are checked on "
+            "that contract"
+        )
     return v
 
 

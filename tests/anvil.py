@@ -5,6 +5,7 @@ own process group with ``--state <file>``: stopping it (SIGTERM) dumps the chain
 :meth:`Anvil.start` on the same port loads it back, so a test can take the RPC endpoint away
 and bring the same chain back. Accounts are fresh random keys funded with
 ``anvil_setBalance``; :func:`deploy_license` deploys ``services/chain/ModelLicense.json``.
+:func:`cid_spellings` writes one content's CID every way a publisher might.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from multiformats import CID
 
 from services.chain.deploy import ChainClient
 from tests.harness import free_port
@@ -151,3 +153,18 @@ def deploy_license(anvil: Anvil) -> LicenseChain:
     publisher = anvil.funded_account()
     result = ChainClient(anvil.url, account=publisher).deploy()
     return LicenseChain(anvil=anvil, contract=str(result.value), publisher=publisher)
+
+
+def cid_spellings(cid: str) -> dict[str, str]:
+    """Other strings naming the content of ``cid`` (the same multihash): CIDv0, base58btc and
+    upper-case base32 CIDv1, and CIDv1 with the other codecs (dag-pb, raw, dag-cbor)."""
+    parsed = CID.decode(cid)
+    dag_pb = parsed.set(codec="dag-pb")
+    return {
+        "v0": str(dag_pb.set(base="base58btc").set(version=0)),
+        "base58btc": str(parsed.set(base="base58btc")),
+        "upper-case": str(parsed.set(base="base32upper")),
+        "dag-pb": str(dag_pb),
+        "raw": str(parsed.set(codec="raw")),
+        "dag-cbor": str(parsed.set(codec="dag-cbor")),
+    }

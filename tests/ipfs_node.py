@@ -86,9 +86,13 @@ class IpfsNode:
         if self.proc is not None and self.proc.poll() is None:
             return self
         # A daemon that was killed leaves its repository lock behind; the group is gone.
+        # js-ipfs' lock is a directory (proper-lockfile); the api file is a plain file.
         for stale in ("repo.lock", "api"):
-            with contextlib.suppress(FileNotFoundError):
-                (self.repo / stale).unlink()
+            path = self.repo / stale
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                path.unlink()
         env = {**os.environ, "IPFS_PATH": str(self.repo), "IPFS_MONITORING": "0"}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -138,6 +142,15 @@ class IpfsNode:
         # Children that outlived the leader (none expected) go with the group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group at once (a crash, not a shutdown)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
     def restart(self) -> IpfsNode:
         self.stop()

@@ -36,6 +36,9 @@ class Grants:
     async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
         return None
 
+    async def token_of_content(self, metadata_cid: str) -> int | None:
+        return None  # no chain: the token a load names is the model's
+
     async def health(self) -> dict[str, object]:
         return {"status": "ok"}
 
@@ -72,6 +75,9 @@ def run_with(tmp_path: Path, unit_store: LocalContentStore):
     def runner(
         fn: Callable[[Services], Coroutine[Any, Any, Any]], licensing: Any = None, **overrides: Any
     ) -> Any:
+        # The slow test models' warm-up may take seconds on a busy 2-core machine: a generous
+        # deadline unless a test sets its own (the hostile-model tests do).
+        overrides.setdefault("warmup_timeout_ms", 60_000)
         settings = Settings(data_dir=tmp_path / "data", **overrides)
 
         async def main() -> Any:

@@ -90,6 +90,18 @@ contract ModelLicenseTest is Assertions {
     address private constant NEW_OWNER = address(0xD00D);
 
     string private constant CID = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    // The same content (multihash sha2-256 c7d01489...) as CID, spelled and coded otherwise.
+    string private constant CID_DAG_PB = "bafybeigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    string private constant CID_CODEC_240 = "bahyaceray7ibjciibbmmkaagla3mmwhyi6tmuz6eqzdbsijl4t4cadslxlha";
+    string private constant CID_V0 = "QmbndsLC1CSf3kfubGmxeRRJbNUbm3JjyKwV1iw4jStAgm";
+    string private constant CID_BASE58 = "zb2rhk6GMPQF3hfzwXTaNYFLKomMeC6UXdUt6jZKPpeVirLtV";
+    string private constant CID_UPPER = "BAFKREIGH2AKISCAILDCQABSYG3DFR6CHU3FGPREGIYMSCK7E7AQA4S52ZY";
+    bytes private constant MULTIHASH = hex"1220c7d01489080858c500065836c658f847a6ca67c4864619212be4f8200e4bbace";
+    // Other contents (sha2-256 of "other", "seller", "refuser", "next"), raw codec.
+    string private constant OTHER_CID = "bafkreigzfgfbbunqonmdpxcl3bo2yza3b46o6j5epzovhjkpf47vwl6p7i";
+    string private constant SELLER_CID = "bafkreifee6pk4r5ku5ax3jregr4vuai4zmhmq4hx6vtenumbwviavcjkti";
+    string private constant REFUSER_CID = "bafkreig7xrjstl623ghegkucr7qdqd2f5vqfm325oqgbqp37iokypt74om";
+    string private constant NEXT_CID = "bafkreiggyhe2tscuh4pezwmaazgpcys65nq2sbydwjde77ydt4qwqjiiwm";
     uint256 private constant NOW = 1_700_000_000;
     uint256 private constant PRICE = 0.01 ether;
     uint64 private constant DURATION = 30 days;
@@ -124,10 +136,10 @@ contract ModelLicenseTest is Assertions {
         assertEq(licenses.symbol(), "CIDML", "symbol");
 
         vm.prank(STRANGER); // anyone may publish, for anyone
-        uint256 second = licenses.mint(USER, "bafkreiother");
+        uint256 second = licenses.mint(USER, OTHER_CID);
         assertEq(second, 2, "second token id");
         assertEq(licenses.ownerOf(2), USER, "owner of second");
-        assertEq(licenses.tokenURI(2), "ipfs://bafkreiother", "second tokenURI");
+        assertEq(licenses.tokenURI(2), string.concat("ipfs://", OTHER_CID), "second tokenURI");
     }
 
     function test_mint_rejectsEmptyCid() public {
@@ -137,12 +149,117 @@ contract ModelLicenseTest is Assertions {
 
     function test_mint_toAContractThatCannotHoldTokensReverts() public {
         vm.expectRevert(abi.encodeWithSelector(IERC721Errors.ERC721InvalidReceiver.selector, address(this)));
-        licenses.mint(address(this), CID);
+        licenses.mint(address(this), OTHER_CID);
     }
 
     function test_tokenURI_ofNonexistentTokenReverts() public {
         vm.expectRevert(abi.encodeWithSelector(IERC721Errors.ERC721NonexistentToken.selector, 7));
         licenses.tokenURI(7);
+    }
+
+    // ---- one token per content -------------------------------------------------------------
+
+    function _expectNonCanonical(string memory cid) private {
+        vm.expectRevert(abi.encodeWithSelector(ModelLicense.NonCanonicalCid.selector, cid));
+    }
+
+    function test_mint_sameContentAgainRevertsWhateverTheCodec() public {
+        bytes memory taken = abi.encodeWithSelector(ModelLicense.ContentAlreadyMinted.selector, tokenId);
+        vm.startPrank(STRANGER);
+        vm.expectRevert(taken);
+        licenses.mint(STRANGER, CID);
+        vm.expectRevert(taken); // dag-pb codec, same multihash
+        licenses.mint(STRANGER, CID_DAG_PB);
+        vm.expectRevert(taken); // a two-byte codec varint, same multihash
+        licenses.mint(STRANGER, CID_CODEC_240);
+        vm.stopPrank();
+        vm.prank(PUBLISHER); // the first minter too
+        vm.expectRevert(taken);
+        licenses.mint(PUBLISHER, CID);
+        assertEq(licenses.balanceOf(STRANGER), 0, "nothing minted");
+    }
+
+    function test_mint_otherSpellingsOfACidRevert() public {
+        string[3] memory spellings = [CID_V0, CID_BASE58, CID_UPPER];
+        for (uint256 i = 0; i < spellings.length; ++i) {
+            _expectNonCanonical(spellings[i]);
+            licenses.mint(STRANGER, spellings[i]);
+        }
+    }
+
+    function test_mint_malformedCidsRevert() public {
+        string[13] memory bad = [
+            "b", // nothing after the multibase prefix
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zz", // trailing bits set
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zya", // a dangling character
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy====", // padding
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52", // digest cut short
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zyaa", // a byte after the digest
+            "babkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", // version 0
+            "bqeafkeray7ibjciibbmmkaagla3mmwhyi6tmuz6eqzdbsijl4t4cadslxlha", // version 1 as 0x81 0x00
+            "bafkq", // version and codec, no multihash
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52Zy", // one upper-case letter
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s521y", // '1' is not base32
+            "bafk reigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", // a space
+            "not a cid"
+        ];
+        for (uint256 i = 0; i < bad.length; ++i) {
+            _expectNonCanonical(bad[i]);
+            licenses.mint(STRANGER, bad[i]);
+        }
+    }
+
+    function test_mint_rejectsACidLongerThanTheLimit() public {
+        bytes memory long = new bytes(licenses.MAX_CID_LENGTH() + 1);
+        long[0] = "b";
+        for (uint256 i = 1; i < long.length; ++i) {
+            long[i] = "a";
+        }
+        _expectNonCanonical(string(long));
+        licenses.mint(STRANGER, string(long));
+    }
+
+    function test_tokenOfCid_findsTheContentInAnyCodec() public {
+        assertEq(licenses.tokenOfCid(CID), tokenId, "tokenOfCid");
+        assertEq(licenses.tokenOfCid(CID_DAG_PB), tokenId, "tokenOfCid, dag-pb codec");
+        assertEq(licenses.tokenOfCid(CID_CODEC_240), tokenId, "tokenOfCid, codec 240");
+        assertEq(licenses.tokenOfCid(OTHER_CID), 0, "tokenOfCid of content without a token");
+        assertEq(licenses.tokenOfMultihash(MULTIHASH), tokenId, "tokenOfMultihash");
+        assertEq(licenses.tokenOfMultihash(hex"1220"), 0, "tokenOfMultihash of unknown content");
+
+        vm.prank(STRANGER);
+        uint256 other = licenses.mint(USER, OTHER_CID);
+        assertEq(licenses.tokenOfCid(OTHER_CID), other, "tokenOfCid after a mint");
+        (uint256 found, address minter) = licenses.tokenAndMinterOfCid(CID_DAG_PB);
+        assertEq(found, tokenId, "tokenAndMinterOfCid.tokenId");
+        assertEq(minter, PUBLISHER, "tokenAndMinterOfCid.minter");
+        (found, minter) = licenses.tokenAndMinterOfCid(NEXT_CID);
+        assertEq(found, 0, "tokenAndMinterOfCid.tokenId of content without a token");
+        assertEq(minter, address(0), "tokenAndMinterOfCid.minter of content without a token");
+    }
+
+    function test_tokenOfCid_acceptsOnlyTheCanonicalSpelling() public {
+        _expectNonCanonical(CID_V0);
+        licenses.tokenOfCid(CID_V0);
+        _expectNonCanonical(CID_BASE58);
+        licenses.tokenOfCid(CID_BASE58);
+        _expectNonCanonical(CID_UPPER);
+        licenses.tokenAndMinterOfCid(CID_UPPER);
+    }
+
+    function test_minterOf_isTheCallerNotTheFirstOwner() public {
+        vm.prank(STRANGER);
+        uint256 other = licenses.mint(USER, OTHER_CID);
+        assertEq(licenses.minterOf(tokenId), PUBLISHER, "minter of the first token");
+        assertEq(licenses.minterOf(other), STRANGER, "minter");
+        assertEq(licenses.ownerOf(other), USER, "owner");
+
+        vm.prank(USER);
+        licenses.transferFrom(USER, NEW_OWNER, other);
+        assertEq(licenses.minterOf(other), STRANGER, "the minter stays after a transfer");
+
+        vm.expectRevert(abi.encodeWithSelector(IERC721Errors.ERC721NonexistentToken.selector, 5));
+        licenses.minterOf(5);
     }
 
     // ---- grant, expiry, revoke -------------------------------------------------------------
@@ -369,7 +486,7 @@ contract ModelLicenseTest is Assertions {
 
     function test_withdraw_cannotBeReenteredForASecondPayment() public {
         ReentrantSeller seller = new ReentrantSeller(licenses);
-        uint256 theirs = licenses.mint(address(seller), "bafkreiseller");
+        uint256 theirs = licenses.mint(address(seller), SELLER_CID);
         vm.prank(address(seller));
         licenses.setPrice(theirs, PRICE, DURATION);
         _forSale(); // our token too, so the contract holds someone else's money
@@ -387,7 +504,7 @@ contract ModelLicenseTest is Assertions {
 
     function test_withdraw_thatCannotBeDeliveredRevertsAndKeepsTheCredit() public {
         RefusingSeller seller = new RefusingSeller();
-        uint256 theirs = licenses.mint(address(seller), "bafkreirefuser");
+        uint256 theirs = licenses.mint(address(seller), REFUSER_CID);
         vm.prank(address(seller));
         licenses.setPrice(theirs, PRICE, DURATION);
         vm.deal(BUYER, 1 ether);
@@ -406,9 +523,9 @@ contract ModelLicenseTest is Assertions {
         address emitter = address(licenses);
 
         vm.expectEmit(true, true, true, true, emitter);
-        emit ModelLicense.ModelMinted(2, USER, "bafkreinext");
+        emit ModelLicense.ModelMinted(2, USER, USER, NEXT_CID);
         vm.prank(USER);
-        licenses.mint(USER, "bafkreinext");
+        licenses.mint(USER, NEXT_CID);
 
         uint64 expiresAt = _inDays(3);
         vm.startPrank(PUBLISHER);

@@ -77,6 +77,10 @@ OWNER_OF = Function("ownerOf", ("uint256",), ("address",))
 LICENSE_EXPIRY = Function("licenseExpiry", ("uint256", "address"), ("uint64",))
 PRICE_OF = Function("priceOf", ("uint256",), ("uint256", "uint64"))
 PENDING_WITHDRAWAL = Function("pendingWithdrawal", ("address",), ("uint256",))
+TOKEN_OF_CID = Function("tokenOfCid", ("string",), ("uint256",))
+TOKEN_OF_MULTIHASH = Function("tokenOfMultihash", ("bytes",), ("uint256",))
+TOKEN_AND_MINTER_OF_CID = Function("tokenAndMinterOfCid", ("string",), ("uint256", "address"))
+MINTER_OF = Function("minterOf", ("uint256",), ("address",))
 MINT = Function("mint", ("address", "string"), ("uint256",))
 GRANT_LICENSE = Function("grantLicense", ("uint256", "address", "uint64"), ())
 REVOKE_LICENSE = Function("revokeLicense", ("uint256", "address"), ())
@@ -93,6 +97,10 @@ FUNCTIONS: tuple[Function, ...] = (
     LICENSE_EXPIRY,
     PRICE_OF,
     PENDING_WITHDRAWAL,
+    TOKEN_OF_CID,
+    TOKEN_OF_MULTIHASH,
+    TOKEN_AND_MINTER_OF_CID,
+    MINTER_OF,
     MINT,
     GRANT_LICENSE,
     REVOKE_LICENSE,

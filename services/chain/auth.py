@@ -5,7 +5,9 @@
 * no ``X-Cidserve-*`` header at all: anonymous (``None``); open models still run, licensed
   ones answer 401 from the license gate;
 * some headers missing, malformed values, a signature that does not recover to the claimed
-  address: 401;
+  address (the host, ``Content-Type``, a tensor header or the body changed on the way): 401;
+* no ``X-Cidserve-Version: cidserve-request-v2`` (a ``cidserve-request-v1`` signature, which
+  left those open): 401, reason ``version``, naming the version to sign with;
 * a timestamp further than the allowed skew from this server's clock: 401;
 * a nonce this address used before (within the skew window): 401 (replay);
 * the nonce store cannot answer: 503 (fail closed: a replay could not be ruled out).
@@ -27,13 +29,17 @@ from services.chain.signing import (
     HEADER_NONCE,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
+    HEADER_VERSION,
     HEADERS,
     MAX_PATH_CHARS,
     NONCE_RE,
+    OLD_VERSIONS,
     SIGNATURE_RE,
     TIMESTAMP_RE,
+    VERSION,
     body_sha256,
     canonical_string,
+    covered_headers,
     recover_signer,
 )
 from services.errors import DependencyUnavailable, SignatureRejected
@@ -70,15 +76,32 @@ class SignatureAuthenticator:
             self.metrics.signature_checks.labels(reason).inc()
         return SignatureRejected(message, reason=reason)
 
+    def _check_version(self, version: str | None) -> None:
+        if version is not None and version.strip() == VERSION:
+            return
+        if version is None or version.strip() in OLD_VERSIONS:
+            raise self._fail(
+                "version",
+                f"{OLD_VERSIONS[-1]} signatures are no longer accepted (they leave the host, "
+                f"Content-Type and tensor headers unsigned): sign with {VERSION} and send "
+                f"{HEADER_VERSION}: {VERSION} (see docs/LICENSING.md)",
+            )
+        raise self._fail(
+            "version",
+            f"{HEADER_VERSION} {version.strip()[:40]!r} is not supported: sign with {VERSION}",
+        )
+
     async def authenticate(self, request: RequestView) -> Caller | None:
         headers = request.headers
         values = {name: headers.get(name.lower()) for name in HEADERS}
+        version = headers.get(HEADER_VERSION.lower())
         present = [n for n, v in values.items() if v is not None]
-        if not present:
+        if not present and version is None:
             return None
         missing = [n for n, v in values.items() if v is None]
         if missing:
             raise self._fail("missing", "signed request without " + ", ".join(missing))
+        self._check_version(version)
         address = values[HEADER_ADDRESS].strip()  # type: ignore[union-attr]
         stamp = values[HEADER_TIMESTAMP].strip()  # type: ignore[union-attr]
         nonce = values[HEADER_NONCE].strip()  # type: ignore[union-attr]
@@ -108,7 +131,20 @@ class SignatureAuthenticator:
             digest = await asyncio.to_thread(body_sha256, body)
         else:
             digest = body_sha256(body)
-        text = canonical_string(request.method, request.path, digest, ts, nonce)
+        try:
+            text = canonical_string(
+                request.method,
+                request.path,
+                host=headers.get("host", ""),
+                content_type=headers.get("content-type"),
+                covered=covered_headers(headers),
+                body_hash=digest,
+                timestamp=ts,
+                nonce=nonce,
+                signer=address,
+            )
+        except ValueError as exc:
+            raise self._fail("malformed", f"cannot be signed: {exc}") from None
         try:
             signer = recover_signer(text, bytes.fromhex(signature[2:]))
         except ValueError:
@@ -116,8 +152,9 @@ class SignatureAuthenticator:
         if signer.lower() != address.lower():
             raise self._fail(
                 "forged",
-                "the signature does not match the address, method, path, body, timestamp "
-                "and nonce of this request",
+                f"the signature does not match this request as received: {VERSION} covers the "
+                "method, target, Host, Content-Type, X-Tensor-* and "
+                "Inference-Header-Content-Length headers, body, timestamp, nonce and address",
             )
 
         key = f"{self.key_prefix}{signer.lower()}:{nonce}"

@@ -14,6 +14,15 @@
 * ``check_token_metadata(token_id, cid)``: ``tokenURI(tokenId)`` must be ``ipfs://<cid>``
   (compared as CIDs, so base32/CIDv0 spellings of the same CID agree); else the load is
   refused (409, or 404 for a token that does not exist). Loads always fail closed.
+* ``token_of_content(cid)``: the token the contract records for this content, with its minter,
+  in one ``eth_call`` of ``tokenAndMinterOfCid(cid)`` (the contract keeps one token per
+  multihash, so every spelling and codec of a CID finds the same token). A token, once minted,
+  never changes, so it is cached for ``content_cache_ttl_s`` (a day); "no token yet" for
+  ``CIDSERVE_LICENSE_NEGATIVE_CACHE_TTL_S``. That cache is this process's own
+  (``content_cache``, bounded), never the shared store: whether content is licensed is not
+  taken from state that Redis or another replica can write. With ``CIDSERVE_TRUSTED_MINTERS``,
+  a token minted by any other address is refused (:class:`~services.errors.UntrustedToken`).
+  Fails closed.
 
 The chain's clock: expiries are block timestamps. :class:`ChainClock` keeps the offset between
 the latest block's timestamp and this host's clock, refreshed in the background, so a cached
@@ -23,22 +32,29 @@ license stops being served when the chain's time passes its expiry.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import re
 import time
 from typing import Any
 
-from registry.unixfs import canonical_cid
+from eth_utils import to_checksum_address
+
+from registry.unixfs import canonical_cid, cid_to_str
 from services.chain import abi
 from services.chain.rpc import JsonRpcClient, RpcError, RpcUnavailable
-from services.errors import DependencyUnavailable, TokenMismatch, TokenNotFound
+from services.errors import DependencyUnavailable, TokenMismatch, TokenNotFound, UntrustedToken
 from services.licensing import Caller
 from services.observability.metrics import Metrics
-from services.state.kv import KeyValueStore, KVUnavailable
+from services.state.kv import KeyValueStore, KVUnavailable, MemoryKV
 
 log = logging.getLogger("cidserve.licensing.chain")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_BASE32_CID = re.compile(r"b[a-z2-7]{8,255}")
+CONTENT_CACHE_TTL_S = 86_400.0
+"""How long a content's token is cached: the contract never changes it once minted."""
 
 
 class ChainConfigError(RuntimeError):
@@ -110,6 +126,9 @@ class ChainLicenseBackend:
         retry_after_s: int = 5,
         clock_refresh_s: float = 5.0,
         artifact: abi.Artifact | None = None,
+        trusted_minters: frozenset[str] = frozenset(),
+        content_cache_ttl_s: float = CONTENT_CACHE_TTL_S,
+        content_cache: KeyValueStore | None = None,
     ) -> None:
         self.rpc = rpc
         self.contract = contract
@@ -122,8 +141,15 @@ class ChainLicenseBackend:
         self.retry_after_s = retry_after_s
         self.clock = ChainClock(rpc, clock_refresh_s)
         self.artifact = artifact
+        self.trusted_minters = frozenset(m.lower() for m in trusted_minters)
+        self.content_cache_ttl_s = content_cache_ttl_s if cache_ttl_s else 0.0
+        if content_cache is None:  # (an empty store is falsy: no `or` here)
+            content_cache = MemoryKV(max_entries=10_000, max_bytes=4 << 20)
+        self.content_cache = content_cache
         self._prefix = f"license:{expected_chain_id or 0}:{contract.lower()}:"
+        self._content_prefix = f"content-token:{expected_chain_id or 0}:{contract.lower()}:"
         self._inflight: dict[str, asyncio.Future[tuple[bool, int]]] = {}
+        self._content_inflight: dict[str, asyncio.Future[tuple[int, str]]] = {}
         self._last_outage_log = -float("inf")
 
     # -- the hot path ---------------------------------------------------------------------
@@ -246,8 +272,75 @@ class ChainLicenseBackend:
                 metadataCid=metadata_cid,
             )
 
+    async def token_of_content(self, metadata_cid: str) -> int | None:
+        cid = _canonical(metadata_cid)  # ValueError naming it when it is not a CID
+        key = self._content_prefix + cid
+        record = await self._content_cache_get(key) if self.content_cache_ttl_s > 0 else None
+        if record is None:
+            pending = self._content_inflight.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(self._fetch_content(key, cid))
+                self._content_inflight[key] = pending
+                pending.add_done_callback(lambda _f: self._content_inflight.pop(key, None))
+            record = await asyncio.shield(pending)
+        token_id, minter = record
+        if token_id == 0:
+            return None
+        if self.trusted_minters and minter.lower() not in self.trusted_minters:
+            raise UntrustedToken(
+                f"token {token_id} of {cid} was minted by {minter}, which is not in "
+                "CIDSERVE_TRUSTED_MINTERS: refusing to serve this content",
+                tokenId=str(token_id),
+                minter=minter,
+                metadataCid=cid,
+            )
+        return token_id
+
+    async def _fetch_content(self, key: str, cid: str) -> tuple[int, str]:
+        try:
+            data = await self.rpc.eth_call(self.contract, abi.TOKEN_AND_MINTER_OF_CID.encode(cid))
+            token_id, minter = abi.TOKEN_AND_MINTER_OF_CID.decode(data)
+        except RpcError as exc:
+            if not exc.is_revert:
+                raise self._load_unavailable(exc) from None
+            revert = exc.revert_data
+            reason = self.artifact.explain_revert(revert) if self.artifact and revert else ""
+            log.error(
+                "tokenAndMinterOfCid(%s) reverted on %s%s: is it a ModelLicense contract that "
+                "keeps one token per content?",
+                cid,
+                self.contract,
+                f" ({reason})" if reason else "",
+            )
+            raise DependencyUnavailable(
+                f"the token of {cid} cannot be looked up on contract {self.contract}",
+                retry_after_s=self.retry_after_s,
+            ) from None
+        except (RpcUnavailable, abi.AbiDecodeError) as exc:
+            raise self._load_unavailable(exc) from None
+        record = (int(token_id), to_checksum_address(minter))
+        ttl = self.content_cache_ttl_s if record[0] else self.negative_ttl_s
+        if self.content_cache_ttl_s > 0 and ttl > 0:
+            with contextlib.suppress(KVUnavailable):
+                await self.content_cache.set(key, f"{record[0]} {record[1]}".encode("ascii"), ttl)
+        return record
+
+    async def _content_cache_get(self, key: str) -> tuple[int, str] | None:
+        try:
+            raw = await self.content_cache.get(key)
+        except KVUnavailable:
+            return None
+        if raw is None:
+            return None
+        try:
+            token, _, minter = raw.decode("ascii").partition(" ")
+            record = int(token), minter
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return record if _ADDRESS.fullmatch(minter) else None
+
     def _load_unavailable(self, exc: Exception) -> DependencyUnavailable:
-        log.error("cannot check a token's metadata CID: %s", exc)
+        log.error("cannot check a token on chain: %s", exc)
         return DependencyUnavailable(
             f"the token cannot be checked on chain ({type(exc).__name__}); try again",
             retry_after_s=self.retry_after_s,
@@ -294,6 +387,7 @@ class ChainLicenseBackend:
             "contract": self.contract,
             "cache_ttl_s": self.cache_ttl_s,
             "on_chain_outage": "allow (fail open)" if self.fail_open else "503 (fail closed)",
+            "trusted_minters": sorted(self.trusted_minters) or "any",
             "open_models": "models loaded without a tokenId are open to every caller",
         }
         try:
@@ -318,3 +412,17 @@ def _same_cid(a: str, b: str) -> bool:
         return canonical_cid(a) == canonical_cid(b)
     except ValueError:
         return False
+
+
+def _canonical(cid: str) -> str:
+    """``canonical_cid``, with a fast path for a string already spelled canonically (what
+    callers pass): a base32 round trip costs microseconds, a full parse hundreds of them."""
+    if _BASE32_CID.fullmatch(cid):
+        body = cid[1:].upper()
+        try:
+            raw = base64.b32decode(body + "=" * (-len(body) % 8))
+        except binascii.Error:
+            raw = b""
+        if raw[:1] == b"\x01" and cid_to_str(raw) == cid:
+            return cid
+    return canonical_cid(cid)

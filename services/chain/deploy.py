@@ -4,6 +4,8 @@ These run once per command, so they use web3 (its per-call overhead does not mat
 the service's hot path uses :mod:`services.chain.rpc` instead. Transactions are signed
 locally with the key from :mod:`services.chain.keys` and sent raw; each call waits for the
 receipt and raises :class:`ContractReverted` with the contract's error name when it fails.
+``mint`` sends the metadata CID in its canonical spelling (the only one the contract accepts)
+and raises :class:`ContentAlreadyMinted` when the content already has a token.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 
-from services.chain.abi import MAX_UINT64, Artifact, load_artifact
+from registry.unixfs import canonical_cid
+from services.chain.abi import MAX_UINT64, Artifact, load_artifact, selector
+from services.chain.reverts import ContentAlreadyMinted, ContractReverted
 
+_CONTENT_ALREADY_MINTED = selector("ContentAlreadyMinted(uint256)")
+_ZERO_ADDRESS = "0x" + "0" * 40
 
-class ContractReverted(RuntimeError):
-    """A transaction or call reverted; the message names the contract's error."""
+__all__ = ["ChainClient", "ContentAlreadyMinted", "ContractReverted", "LicenseInfo", "TxResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +84,19 @@ class ChainClient:
             raise ValueError("no contract: set CIDSERVE_LICENSE_CONTRACT (or pass --contract)")
         return self.w3.eth.contract(address=self.address, abi=self.artifact.abi)
 
-    def _explain(self, exc: Exception) -> str:
+    @staticmethod
+    def _revert_data(exc: Exception) -> bytes:
         data = getattr(exc, "data", None)
         if isinstance(data, str) and data.startswith("0x"):
-            return self.artifact.explain_revert(bytes.fromhex(data[2:]))
-        return str(exc)
+            try:
+                return bytes.fromhex(data[2:])
+            except ValueError:
+                return b""
+        return b""
+
+    def _explain(self, exc: Exception) -> str:
+        data = self._revert_data(exc)
+        return self.artifact.explain_revert(data) if data else str(exc)
 
     def _send(self, tx: dict[str, Any]) -> Any:
         if self.account is None:
@@ -104,7 +117,7 @@ class ChainClient:
         try:
             tx = fn.build_transaction({"from": self.account.address, "value": value})
         except (ContractCustomError, ContractLogicError, Web3RPCError) as exc:
-            raise ContractReverted(self._explain(exc)) from None
+            raise ContractReverted(self._explain(exc), self._revert_data(exc)) from None
         return self._send(tx)
 
     @staticmethod
@@ -127,12 +140,21 @@ class ChainClient:
         return self._result(receipt, self.address)
 
     def mint(self, metadata_cid: str, to: str | None = None) -> TxResult:
-        """Mint a token naming ``metadata_cid``; ``value`` is the token id."""
+        """Mint a token naming ``metadata_cid`` (any spelling; sent canonical); ``value`` is the
+        token id. Raises ``ValueError`` for a string that is not a CID and
+        :class:`ContentAlreadyMinted` when the content has a token already."""
         if self.account is None:
             raise ValueError("minting needs a signing key")
+        cid = canonical_cid(metadata_cid)
         owner = Web3.to_checksum_address(to) if to else self.account.address
         contract = self.contract()
-        receipt = self._transact(contract.functions.mint(owner, metadata_cid))
+        try:
+            receipt = self._transact(contract.functions.mint(owner, cid))
+        except ContractReverted as exc:
+            if exc.data[:4] != _CONTENT_ALREADY_MINTED or len(exc.data) != 36:
+                raise
+            token_id = int.from_bytes(exc.data[4:], "big")
+            raise ContentAlreadyMinted(cid, token_id, self.minter_of(token_id)) from None
         events = contract.events.ModelMinted().process_receipt(receipt, errors=DISCARD)
         token_id = int(events[0]["args"]["tokenId"]) if events else None
         return self._result(receipt, token_id)
@@ -183,6 +205,20 @@ class ChainClient:
 
     def token_uri(self, token_id: int) -> str:
         return str(self._call(self.contract().functions.tokenURI(token_id)))
+
+    def content_token(self, metadata_cid: str) -> tuple[int, str | None]:
+        """The token of this content (any spelling of its CID; 0: none) and its minter."""
+        fn = self.contract().functions.tokenAndMinterOfCid(canonical_cid(metadata_cid))
+        token_id, minter = self._call(fn)
+        return int(token_id), (None if int(token_id) == 0 else str(minter))
+
+    def minter_of(self, token_id: int) -> str | None:
+        """The address that minted the token; None when it cannot be read."""
+        try:
+            minter = str(self._call(self.contract().functions.minterOf(token_id)))
+        except ContractReverted:
+            return None
+        return None if minter == _ZERO_ADDRESS else minter
 
     def block_timestamp(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from services.observability.tracing import span
+
 MAX_RESPONSE_BYTES = 4 << 20
 
 
@@ -106,7 +108,11 @@ class JsonRpcClient:
         return self._client
 
     async def request(self, method: str, params: list[Any]) -> Any:
-        """One JSON-RPC call; returns ``result``."""
+        """One JSON-RPC call; returns ``result`` (a ``chain.rpc`` span when tracing)."""
+        with span("chain.rpc", rpc_method=method):
+            return await self._request(method, params)
+
+    async def _request(self, method: str, params: list[Any]) -> Any:
         payload = orjson.dumps(
             {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         )

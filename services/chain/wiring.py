@@ -37,6 +37,7 @@ def build_chain_licensing(
         fail_open=settings.license_fail_open,
         expected_chain_id=settings.chain_id,
         artifact=artifact,
+        trusted_minters=settings.trusted_minters,
     )
     authenticator = SignatureAuthenticator(kv, skew_s=settings.signature_skew_s, metrics=metrics)
     return backend, authenticator

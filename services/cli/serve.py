@@ -1,12 +1,16 @@
-"""``cidserve serve``: the HTTP service under uvicorn, one process or ``--workers N``."""
+"""``cidserve serve``: the HTTP service under uvicorn, one process or ``--workers N``, once
+the settings pass :mod:`services.cli.preflight`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 
+from services.cli.preflight import PreflightError, check_serve
 from services.settings import Settings
 from services.wiring import Services
 
@@ -14,8 +18,7 @@ log = logging.getLogger("cidserve")
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
+    from services.cli import shutdown
     from services.http.app import create_app
     from services.runtime.errors import ProviderUnavailable
     from services.wiring import build_services
@@ -27,6 +30,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {k: v for k, v in given if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
+    try:
+        for warning in check_serve(settings):
+            log.warning("%s", warning)
+    except PreflightError as exc:
+        print(f"cidserve: {exc}", file=sys.stderr)
+        return 2
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:  # prometheus_client writes there as soon as the first metric exists
+        Path(metrics_dir).mkdir(parents=True, exist_ok=True)
     try:
         services = build_services(settings)
     except ProviderUnavailable as exc:
@@ -40,7 +52,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         demo = asyncio.run(prepare_demo(settings.data_dir, settings.models_dir, services.store))
 
         async def load_demo(svc: object) -> None:
-            outcome = await services.repository.load(demo.metadata_cid, None, True)
+            outcome = await services.repository.load(demo.metadata_cid, None, True, bind_name=True)
             base = f"http://{settings.host}:{settings.port}"
             lines = "\n".join(curl_lines(base, demo))
             print(
@@ -53,8 +65,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         services.startup_tasks.append(load_demo)
     app = create_app(settings, services)
-    uvicorn.run(
+    # SIGTERM: readiness off, finish what was received, exit 0 (services/cli/shutdown.py).
+    return shutdown.serve(
         app,
+        on_drain=services.dataplane.admission.drain,
+        drain_delay_s=settings.drain_delay_s,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -63,7 +79,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
         **server_impls(),
     )
-    return 0
 
 
 def server_impls() -> dict[str, str]:
@@ -115,6 +130,8 @@ def _serve_workers(args: argparse.Namespace, settings: Settings, services: Servi
             log_config=None,
             access_log=False,
             server_header=False,
+            # SIGTERM: each worker finishes the requests it has received within this bound.
+            timeout_graceful_shutdown=settings.drain_timeout_s,
             **server_impls(),
         )
     return 0

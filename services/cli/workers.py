@@ -126,7 +126,7 @@ def worker_app() -> FastAPI:
     if demo_cid:
 
         async def load_demo(svc: object) -> None:
-            outcome = await services.repository.load(demo_cid, None, True)
+            outcome = await services.repository.load(demo_cid, None, True, bind_name=True)
             log.info(
                 "demo model %s loaded in %.0f ms on %s (pid %d)",
                 outcome.model.model_id,

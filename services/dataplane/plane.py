@@ -1,10 +1,15 @@
 """The data plane: one request, from a decoded input to an answer with per-stage timings.
 
-Every request crosses the same steps, in one place (:meth:`DataPlane._admit` then
+Every request crosses the same steps, in one place (:meth:`DataPlane.admit` then
 :meth:`DataPlane._run`):
 
 1. find the model (:meth:`ModelRepository.locate`: in memory, else known from the index);
 2. authorize the caller against the model's token (:class:`LicenseGate`), before any work;
+   the caller's payload is decoded only after this step (:meth:`DataPlane.admit` returns an
+   :class:`Admitted`; the HTTP layer decodes in the preprocess pool with
+   :meth:`DataPlane.offload`, then calls :meth:`DataPlane.execute_admitted` or
+   :meth:`DataPlane.infer_admitted`; ``execute`` and ``infer`` do both steps for a payload
+   already decoded);
 3. ``execute`` only: look the reply up in the prediction cache (a hit returns here: no
    decode, no load, no inference);
 4. reload the model if it was evicted;
@@ -22,13 +27,21 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from postprocessing import Options, PostprocessingError
-from preprocessing import Limits, Payload, PreprocessingError, TensorPayload, tensor_feeds
+from postprocessing import NonFiniteOutput, Options, PostprocessingError
+from preprocessing import (
+    Limits,
+    Payload,
+    PreprocessingError,
+    TensorPayload,
+    TensorsPayload,
+    tensor_feeds,
+)
+from services.dataplane.admission import Admission, AdmissionPolicy
 from services.dataplane.prediction_cache import CacheStatus, Lookup, PredictionCache
 from services.dataplane.protocol import (
     Classes,
@@ -39,12 +52,35 @@ from services.dataplane.protocol import (
     protocol_feeds,
 )
 from services.dataplane.timing import StageRecorder, StageTimes
-from services.errors import DependencyUnavailable, InferenceTimeout, ModelOutputError
+from services.errors import (
+    DependencyUnavailable,
+    InferenceTimeout,
+    InputOutOfRange,
+    ModelOutputError,
+)
 from services.licensing import Caller, LicenseGate
 from services.observability.context import note_model
+from services.observability.tracing import set_attributes, span
 from services.repository.model import LoadedModel
 from services.repository.repository import ModelRef, ModelRepository
 from services.runtime.errors import RunTimeout
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A request the data plane lets through: the model is known and the caller may run it.
+
+    Nothing of the payload has been decoded yet; ``started`` (``time.perf_counter``) is when
+    admission began, the start of the request's stage timings."""
+
+    ref: ModelRef
+    started: float
+
+    @property
+    def model_id(self) -> str:
+        return self.ref.model_id
 
 
 @dataclass(slots=True)
@@ -81,6 +117,7 @@ class DataPlane:
         input_limits: Limits,
         predictions: PredictionCache | None = None,
         recorder: StageRecorder | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.repository = repository
         self.gate = gate
@@ -89,6 +126,8 @@ class DataPlane:
         self.input_limits = input_limits
         self.predictions = predictions
         self.recorder = recorder or StageRecorder(None)
+        # Bounded queue per model (dataplane/admission.py); unbounded when none is given.
+        self.admission = admission or Admission(AdmissionPolicy())
 
     # -- the two request kinds -------------------------------------------------------------
 
@@ -101,9 +140,23 @@ class DataPlane:
         caller: Caller | None = None,
         timeout_ms: int | None = None,
     ) -> InferenceResult:
-        """An input (image, tensor, features) through the model's pre- and postprocessing."""
-        t_start = time.perf_counter()
-        ref = await self._admit(model_id, caller)
+        """An input (image, tensor, tensors, features) through the model's pre- and
+        postprocessing."""
+        admitted = await self.admit(model_id, caller)
+        return await self.execute_admitted(admitted, payload, options, timeout_ms=timeout_ms)
+
+    async def execute_admitted(
+        self,
+        admitted: Admitted,
+        payload: Payload,
+        options: Options,
+        *,
+        timeout_ms: int | None = None,
+    ) -> InferenceResult:
+        """:meth:`execute` for a request :meth:`admit` let through."""
+        t_start = admitted.started
+        ref = admitted.ref
+        model_id = ref.model_id
         lookup = await self._lookup(ref, payload, options)
         if lookup is not None and lookup.status == "hit":
             assert lookup.predictions is not None and lookup.details is not None
@@ -117,7 +170,7 @@ class DataPlane:
         model = await self.repository.materialize(ref)
 
         def prepare() -> tuple[Feeds, dict[str, Any]]:
-            if isinstance(payload, TensorPayload):
+            if isinstance(payload, TensorPayload | TensorsPayload):
                 prepared = tensor_feeds(model.metadata, payload, self.input_limits)
             else:
                 prepared = model.preprocessor(payload)
@@ -126,7 +179,14 @@ class DataPlane:
         (outputs, context), times = await self._run(model, prepare, timeout_ms, t_start)
         t_post = time.perf_counter()
         try:
-            result = model.postprocessor(outputs, context, options)
+            with span("postprocess", model_id=model_id):
+                result = model.postprocessor(outputs, context, options)
+        except NonFiniteOutput as exc:
+            raise InputOutOfRange(
+                f"model {model_id} computes NaN or infinity for this input ({exc}): the input is "
+                "outside the range the model handles",
+                model_id=model_id,
+            ) from exc
         except PostprocessingError as exc:
             model.errors += 1
             raise ModelOutputError(f"model {model_id} gave unexpected outputs: {exc}") from exc
@@ -136,7 +196,10 @@ class DataPlane:
             assert self.predictions is not None
             status = lookup.status
             if lookup.status == "miss":
-                await self.predictions.store_reply(lookup.key, result.predictions, result.details)
+                with span("cache.store", model_id=model_id):
+                    await self.predictions.store_reply(
+                        lookup.key, result.predictions, result.details
+                    )
         times.total_ms = (time.perf_counter() - t_start) * 1000
         self.recorder.record(model_id, times, computed=True)
         return InferenceResult(model_id, result.predictions, result.details, times, status, model)
@@ -155,20 +218,22 @@ class DataPlane:
         dynamic dimensions (the batch too) take any size. A ``BYTES`` tensor fed to the input
         a model takes encoded images on holds encoded images: each goes through the model's
         preprocessing and the results run as one batch."""
-        t_start = time.perf_counter()
-        ref = await self._admit(model_id, caller)
-        model = await self.repository.materialize(ref)
-        images = encoded_images(model, feeds)
-        limit = self.input_limits.max_tensor_elements
-        if images is not None:
-            prepare_feeds = image_batch(model, images, limit)
-        else:
+        admitted = await self.admit(model_id, caller)
+        return await self.infer_admitted(admitted, feeds, timeout_ms=timeout_ms)
 
-            def prepare_feeds() -> Feeds:
-                return protocol_feeds(model.metadata, feeds, limit)
+    async def infer_admitted(
+        self, admitted: Admitted, feeds: Feeds, *, timeout_ms: int | None = None
+    ) -> TensorRun:
+        """:meth:`infer` for a request :meth:`admit` let through."""
+        t_start = admitted.started
+        model = await self.repository.materialize(admitted.ref)
+        limit = self.input_limits.max_tensor_elements
 
         def prepare() -> tuple[Feeds, dict[str, Any]]:
-            return prepare_feeds(), {}
+            images = encoded_images(model, feeds)
+            if images is not None:
+                return image_batch(model, images, limit)(), {}
+            return protocol_feeds(model.metadata, feeds, limit), {}
 
         (outputs, _), times = await self._run(model, prepare, timeout_ms, t_start)
         times.total_ms = (time.perf_counter() - t_start) * 1000
@@ -202,22 +267,55 @@ class DataPlane:
 
     # -- the shared steps ------------------------------------------------------------------
 
-    async def _admit(self, model_id: str, caller: Caller | None) -> ModelRef:
+    async def admit(
+        self, model_id: str, caller: Caller | None, *, timeout_ms: int | None = None
+    ) -> Admitted:
         """Find the model and let the license gate decide, before any work (a caller without
-        a license causes no load, no decode and no cache lookup)."""
+        a license causes no load, no decode and no cache lookup): the first step of every
+        request. ``ModelNotFound`` for an unknown model; the gate's errors for a caller who
+        may not run it; :class:`Overloaded` when the model's queue would refuse the request
+        now (before its body is decoded)."""
+        started = time.perf_counter()
         ref = await self.repository.locate(model_id)
         note_model(model_id)
         await self.gate.authorize(caller, ref.token_id)
-        return ref
+        self.admission.check(ref.model_id, (timeout_ms or self.default_timeout_ms) / 1000)
+        return Admitted(ref, started)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the preprocess pool: decoding and parsing of request bodies, which
+        must not run on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pre_executor, fn, *args)
 
     async def _lookup(self, ref: ModelRef, payload: Payload, options: Options) -> Lookup | None:
         if self.predictions is None:
             return None
         if ref.loaded is not None and not ref.loaded.metadata.cache_predictions:
             return None
-        return await self.predictions.lookup(ref.metadata_cid, payload, options)
+        with span("cache.lookup", model_id=ref.model_id) as traced:
+            lookup = await self.predictions.lookup(ref.metadata_cid, payload, options)
+            set_attributes(traced, cache_status=lookup.status)
+            return lookup
+
+    # -- admission: one slot of the model's bounded queue around the work (admission.py) --
 
     async def _run(
+        self,
+        model: LoadedModel,
+        prepare: Callable[[], tuple[Feeds, dict[str, Any]]],
+        timeout_ms: int | None,
+        t_start: float,
+    ) -> tuple[tuple[dict[str, np.ndarray], dict[str, Any]], StageTimes]:
+        """:meth:`_run_admitted` in one of the model's slots; a full queue refuses with 503
+        before any decoding or run, and the slot is given back however the run ends."""
+        deadline_s = (timeout_ms or self.default_timeout_ms) / 1000
+        async with self.admission.slot(model.model_id, deadline_s):
+            return await self._run_admitted(model, prepare, timeout_ms, t_start)
+
+    # -- end of admission ------------------------------------------------------------------
+
+    async def _run_admitted(
         self,
         model: LoadedModel,
         prepare: Callable[[], tuple[Feeds, dict[str, Any]]],
@@ -239,12 +337,17 @@ class DataPlane:
 
         try:
             async with asyncio.timeout(timeout_s):
-                feeds, context, times.preprocessing_ms, times.queue_ms = await loop.run_in_executor(
-                    self._pre_executor, timed
-                )
+                with span("preprocess", model_id=model.model_id):
+                    (
+                        feeds,
+                        context,
+                        times.preprocessing_ms,
+                        times.queue_ms,
+                    ) = await loop.run_in_executor(self._pre_executor, timed)
             t_run = time.perf_counter()
             remaining = timeout_s - (t_run - t_start)
-            outputs, run_s = await model.runner.run(feeds, max(remaining, 0.001))
+            with span("run", model_id=model.model_id, provider=model.provider):
+                outputs, run_s = await model.runner.run(feeds, max(remaining, 0.001))
             # The rest of the wall time around session.run: waiting for an inference worker.
             times.queue_ms += max(time.perf_counter() - t_run - run_s, 0.0) * 1000
             times.inference_ms = run_s * 1000

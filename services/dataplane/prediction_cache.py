@@ -2,7 +2,8 @@
 
 The key is a SHA-256 over the model's metadata CID (which pins the model bytes, the labels
 and the pre/postprocessing spec), the exact input that reaches preprocessing (the image
-bytes; a tensor's dtype, shape, input name and bytes; the features as canonical JSON), every
+bytes; a tensor's dtype, shape, input name and bytes; every tensor of a ``tensors`` input, by
+input name, the same way, strings by their UTF-8 bytes; the features as canonical JSON), every
 field of :class:`postprocessing.Options` (``top_k``, ``threshold``: the options that change
 the answer; the timeout does not) and the cidserve version. The value is the reply without
 timings: ``{"predictions", "details"}`` as JSON (orjson; never pickle).
@@ -12,9 +13,17 @@ and bounds (entry count, bytes), so every replica on the same Redis serves the o
 answers, and a full cache drops only its own entries. A store that does not answer makes
 the request a *bypass*: it is served uncached, never failed.
 
-The caller (:class:`services.inference.InferenceService`) looks up only after the license
+The caller (:class:`services.dataplane.plane.DataPlane`) looks up only after the license
 gate, so a cached answer never reaches a caller who may not run the model, and skips models
 whose metadata says ``cache_predictions: false``.
+
+A cached reply only ever comes from a run of the same model on the same input: the key is
+derived from the metadata CID and the input bytes, and the data plane stores, under the key of
+the request it is serving, the reply it computed from that request's own outputs (a miss is
+never filled from anything else). What "that request's own outputs" means is up to the
+runner: rows of different requests share one ``session.run`` only for models the operator
+trusts (``CIDSERVE_BATCH_TRUSTED_CIDS``, :mod:`services.runtime.batching`), so an untrusted
+model that moves rows between requests cannot get another caller's result stored under a key.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import numpy as np
 import orjson
 
 from postprocessing import Options
-from preprocessing import FeaturesPayload, ImagePayload, Payload, TensorPayload
+from preprocessing import FeaturesPayload, ImagePayload, Payload, TensorPayload, TensorsPayload
 from services import __version__
 from services.encoding import dumps
 from services.observability.metrics import Metrics
@@ -64,9 +73,26 @@ def _input_parts(payload: Payload) -> tuple[list[bytes | memoryview], int] | Non
         array = np.ascontiguousarray(payload.array)
         meta = orjson.dumps([payload.input, array.dtype.str, list(array.shape)])
         return [b"tensor", meta, memoryview(array.reshape(-1).view(np.uint8))], array.nbytes
+    if isinstance(payload, TensorsPayload):
+        parts: list[bytes | memoryview] = [b"tensors"]
+        size = 0
+        for name in sorted(payload.tensors):
+            array = np.ascontiguousarray(payload.tensors[name])
+            parts.append(orjson.dumps([name, array.dtype.str, list(array.shape)]))
+            parts.extend(_tensor_bytes(array))
+            size += array.nbytes
+        return parts, size
     if isinstance(payload, FeaturesPayload):
         return [b"features", orjson.dumps(payload.values, option=orjson.OPT_SORT_KEYS)], 0
     return None
+
+
+def _tensor_bytes(array: np.ndarray) -> list[bytes | memoryview]:
+    """A tensor's values: its bytes, or each string's UTF-8 bytes (length-prefixed by
+    :func:`_digest`)."""
+    if array.dtype.kind == "O":
+        return [str(v).encode() for v in array.reshape(-1)]
+    return [memoryview(array.reshape(-1).view(np.uint8))]
 
 
 def _digest(metadata_cid: str, parts: list[bytes | memoryview], options: Options) -> str:

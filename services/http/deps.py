@@ -30,7 +30,13 @@ class RequestView:
         path = raw.decode("latin-1") if raw else request.url.path
         query = request.scope.get("query_string", b"")
         self.path = f"{path}?{query.decode('latin-1')}" if query else path
-        self.headers = {k.lower(): v for k, v in request.headers.items()}
+        # A repeated header is one value joined by ", " (RFC 9110), as signers see it: keeping
+        # only one copy would let an added copy be read by the route but not be signed.
+        headers: dict[str, str] = {}
+        for k, v in request.headers.items():
+            name = k.lower()
+            headers[name] = f"{headers[name]}, {v}" if name in headers else v
+        self.headers = headers
         self.body = body
 
 

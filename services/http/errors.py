@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from postprocessing import PostprocessingError
 from preprocessing import InputTooLarge, PreprocessingError
 from registry.metadata import MetadataError
+from registry.redact import redact_urls
 from registry.store import (
     ContentIntegrityError,
     ContentNotFound,
@@ -32,15 +33,21 @@ from registry.store import (
 from services.errors import (
     DependencyUnavailable,
     InferenceTimeout,
+    InputOutOfRange,
     InvalidRequest,
     ModelNotFound,
     ModelOutputError,
     NotLicensed,
+    OperatorRequired,
+    Overloaded,
+    RateLimited,
     ServiceError,
     SignatureRejected,
     SignatureRequired,
+    TokenConflict,
     TokenMismatch,
     TokenNotFound,
+    UntrustedToken,
     VersionNotFound,
 )
 from services.http.responses import JSONResponse
@@ -88,9 +95,15 @@ TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (NotLicensed, 403, "No valid license"),
     (TokenNotFound, 404, "Token not found"),
     (TokenMismatch, 409, "Token names another model"),
+    (TokenConflict, 409, "Content has another token"),
+    (UntrustedToken, 403, "Untrusted token"),
+    (OperatorRequired, 401, "Operator credentials required"),
+    (RateLimited, 429, "Too many requests"),
+    (Overloaded, 503, "Overloaded"),
     (DependencyUnavailable, 503, "Service unavailable"),
     (InferenceTimeout, 504, "Timeout"),
     (RunTimeout, 504, "Timeout"),
+    (InputOutOfRange, 422, "Input out of range"),
     (ModelOutputError, 500, "Model output error"),
     (InvalidCid, 400, "Invalid CID"),
     (ContentNotFound, 404, "Content not found"),
@@ -139,6 +152,8 @@ def describe(exc: BaseException) -> ErrorReply:
     if isinstance(exc, ServiceError):
         reply.message = exc.message
         reply.extra.update(exc.extra)
+    if isinstance(exc, OperatorRequired):
+        reply.headers["WWW-Authenticate"] = 'Bearer realm="cidserve-control-plane"'
     if isinstance(exc, ContentStoreError) and exc.cid:
         reply.extra["cid"] = exc.cid
     if isinstance(exc, MetadataError) and exc.field:
@@ -146,8 +161,9 @@ def describe(exc: BaseException) -> ErrorReply:
     retry_after = getattr(exc, "retry_after_s", None)
     if isinstance(exc, KVUnavailable):
         retry_after = 1
-    if retry_after is not None and reply.status == 503:
+    if retry_after is not None and reply.status in (429, 503):
         reply.headers["Retry-After"] = str(retry_after)
+    reply.message = redact_urls(reply.message)  # no API keys of RPC/IPFS URLs in replies
     if reply.status >= 500:
         log.error("%s: %s", reply.title, exc)
     return reply

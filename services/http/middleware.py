@@ -1,19 +1,24 @@
-"""ASGI middleware: the request-body bound, and request ids, counters and the access log.
+"""ASGI middleware: the request-body bound, JSON bodies only on JSON routes, and request ids,
+counters and the access log.
 
 :class:`RequestMiddleware` (pure ASGI, a few microseconds per request) gives every request an
 id (the caller's ``X-Request-ID`` when it is sane, else a fresh one), returns it in the
 response's ``X-Request-ID`` header, counts ``cidserve_requests_total{model,endpoint,status}``
 and ``cidserve_inflight_requests``, and writes one log line per request on the
 ``cidserve.access`` logger with the model, the status and the stage timings
-(:mod:`services.observability.context`).
+(:mod:`services.observability.context`). With tracing on it also opens the request's server
+span (continuing the caller's W3C ``traceparent``), returns the span's own ``traceparent`` and
+puts ``trace_id`` and ``span_id`` on the access line (:mod:`services.observability.tracing`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -21,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.observability.context import begin_request, end_request
 from services.observability.metrics import Metrics
+from services.observability.tracing import TRACEPARENT, Tracing
 
 
 def error_body(title: str, message: str) -> bytes:
@@ -33,6 +39,31 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body is over {limit} bytes (CIDSERVE_MAX_BODY_BYTES)")
+
+
+# A refused body up to this size is read and dropped before the 413 goes out: a client still
+# sending it would otherwise see the connection reset instead of the reply. Larger ones (or
+# ones that take longer than DRAIN_MAX_S) are not read: the connection just closes.
+DRAIN_MAX_BYTES = 16 << 20
+DRAIN_MAX_S = 2.0
+
+
+async def _drain(scope: Scope, receive: Receive, max_bytes: int = DRAIN_MAX_BYTES) -> None:
+    """Read and drop what is left of the request body, within the bounds above; never when
+    the client waits for ``100 Continue`` (reading would invite the body)."""
+    if any(name == b"expect" for name, _ in scope.get("headers", ())):
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_MAX_S
+    left = max_bytes
+    while left > 0:
+        try:
+            message = await asyncio.wait_for(receive(), deadline - loop.time())
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        left -= len(message.get("body", b""))
 
 
 class BodyLimitMiddleware:
@@ -55,6 +86,8 @@ class BodyLimitMiddleware:
                     await self._reply(send, 400, "Bad request", "Content-Length is not a number")
                     return
                 if declared > limit:
+                    if declared <= DRAIN_MAX_BYTES:
+                        await _drain(scope, receive)
                     await self._too_large(send, declared)
                     return
         seen = 0
@@ -79,6 +112,7 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
+                await _drain(scope, receive, DRAIN_MAX_BYTES - seen)
                 await self._too_large(send, seen)
 
     async def _too_large(self, send: Send, size: int) -> None:
@@ -100,6 +134,89 @@ class BodyLimitMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- JSON bodies only on JSON routes ---------------------------------------------------------
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+JSON_TYPE = "application/json"
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """``application/json`` or ``application/<anything>+json``, any parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json"))
+
+
+def route_pattern(template: str) -> re.Pattern[str]:
+    """A route's path template (``/api/models/{model_id}/predict``) as a full-path regex."""
+    parts = re.split(r"(\{[^/{}]+\})", template)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
+class JsonOnlyMiddleware:
+    """A POST, PUT or PATCH to a JSON route must say ``Content-Type: application/json`` (or
+    ``+json``): any other type gets 415 before the route runs. What a browser page may send to
+    another origin without asking first (a CORS "simple request": ``text/plain``, a form) is
+    thereby refused. A request without a Content-Type is taken as JSON from a client that is
+    not a browser (command-line clients, tritonclient) and refused when it carries an
+    ``Origin`` header (a browser's).
+
+    ``raw_body_routes`` are the path templates of the routes that take other bodies (uploads,
+    raw tensors, the V2 binary tensor extension); they decode and check their own types.
+    """
+
+    def __init__(self, app: ASGIApp, raw_body_routes: Sequence[str]) -> None:
+        self.app = app
+        self.raw_body = tuple(route_pattern(t) for t in raw_body_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if any(p.fullmatch(path) for p in self.raw_body):
+            await self.app(scope, receive, send)
+            return
+        content_type = origin = None
+        for name, value in scope.get("headers", ()):
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"origin":
+                origin = value
+        if content_type is not None and content_type.strip():
+            if is_json_media_type(content_type):
+                await self.app(scope, receive, send)
+                return
+            got = repr(content_type.split(";", 1)[0].strip()[:100])
+        elif origin is None:
+            await self.app(scope, receive, send)
+            return
+        else:
+            got = "none"
+        message = f"this route takes a JSON body: send Content-Type: {JSON_TYPE} (got {got})"
+        if path.startswith("/v2"):
+            body = orjson.dumps({"error": message})
+        else:
+            body = orjson.dumps(
+                {
+                    "success": False,
+                    "error": "Unsupported media type",
+                    "message": message,
+                    "expected": JSON_TYPE,
+                }
+            )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 415,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
                 ],
             }
         )
@@ -137,10 +254,18 @@ class RequestMiddleware:
     otherwise), ``status`` is the HTTP status code.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None = None) -> None:
         self.app = app
         self.requests = metrics.requests
         self.inflight = metrics.inflight_requests
+        self.tracing = tracing
+
+    def _tracing(self, scope: Scope) -> Tracing:
+        """The instance's tracing: as given, else the app's ``Services.tracing``."""
+        if self.tracing is None:
+            services = getattr(getattr(scope.get("app"), "state", None), "services", None)
+            self.tracing = getattr(services, "tracing", None) or Tracing()
+        return self.tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -151,13 +276,16 @@ class RequestMiddleware:
         path: str = scope.get("path", "")
         quiet = path.startswith(_QUIET_PREFIXES)
         status = 500
-        header = (REQUEST_ID_HEADER, info.request_id.encode("ascii"))
+        traced = None if quiet else self._tracing(scope).start_request(scope)
+        headers = [(REQUEST_ID_HEADER, info.request_id.encode("ascii"))]
+        if traced is not None:
+            headers.append((TRACEPARENT, traced.traceparent.encode("ascii")))
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), *headers]
             await send(message)
 
         if not quiet:
@@ -171,6 +299,8 @@ class RequestMiddleware:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or NO_ROUTE
             model = info.model or NO_MODEL
+            if traced is not None:
+                traced.finish(status, getattr(route, "path", None), model_id=info.model)
             self.requests.labels(model, endpoint, str(status)).inc()
             level = logging.DEBUG if quiet and status < 500 else logging.INFO
             if access_log.isEnabledFor(level):
@@ -191,5 +321,7 @@ class RequestMiddleware:
                         "duration_ms": round(ms, 3),
                         "model": info.model,
                         "stages": info.stages,
+                        "trace_id": traced.trace_id if traced is not None else None,
+                        "span_id": traced.span_id if traced is not None else None,
                     },
                 )

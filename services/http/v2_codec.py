@@ -15,8 +15,14 @@ in which case its bytes follow the JSON and ``parameters.binary_data_size`` says
 
 Everything is bounded before it is built: the declared shape's element count against
 ``V2Limits.max_elements`` (413), the JSON part's length against the body, every binary size
-against what is left of the body. Errors are :class:`V2Error` (400) or :class:`V2TooLarge`
-(413) with a message naming the tensor.
+against what is left of the body and against what the declared shape and datatype take, the
+number of JSON values against the declared shape, the number of ``BYTES`` elements a binary
+part can hold (4 bytes of length each) against the declared shape. Nothing is allocated for a
+tensor before the data present is known to match its declaration, so a small request cannot
+make the server reserve memory for a large shape. Errors are :class:`V2Error` (400) or
+:class:`V2TooLarge` (413) with a message naming the tensor and both numbers. Decoding is
+blocking: the route calls :func:`decode_request` in the preprocess pool, after the caller is
+authenticated and the license gate has let the request through.
 """
 
 from __future__ import annotations
@@ -120,17 +126,17 @@ def parameters_of(doc: dict[str, Any], what: str) -> dict[str, Any]:
     return params
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON part and the binary part of a request body."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of a request body (a view: not copied)."""
     if header_length is None:
-        return body, b""
+        return body, memoryview(b"")
     try:
         n = int(header_length)
     except ValueError:
         raise V2Error(f"{HEADER_LENGTH} is not a number: {header_length[:40]!r}") from None
     if n < 0 or n > len(body):
         raise V2Error(f"{HEADER_LENGTH} is {n}, but the body has {len(body)} bytes")
-    return body[:n], body[n:]
+    return body[:n], memoryview(body)[n:]
 
 
 def decode_request(body: bytes, header_length: str | None, limits: V2Limits) -> InferRequest:
@@ -171,7 +177,7 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
 
 
 def _decode_input(
-    raw: Any, binary: bytes, offset: int, limits: V2Limits
+    raw: Any, binary: memoryview, offset: int, limits: V2Limits
 ) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict):
         raise V2Error("every input must be a JSON object")
@@ -224,7 +230,7 @@ def _decode_input(
     return InputTensor(name, datatype, tuple(shape), array.reshape(shape), False, params), offset
 
 
-def _from_binary(name: str, datatype: str, chunk: bytes, count: int) -> np.ndarray:
+def _from_binary(name: str, datatype: str, chunk: memoryview, count: int) -> np.ndarray:
     if datatype == "BYTES":
         return _bytes_elements(name, chunk, count)
     dtype = DATATYPES[datatype]
@@ -242,9 +248,14 @@ def _from_binary(name: str, datatype: str, chunk: bytes, count: int) -> np.ndarr
     return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
 
 
-def _bytes_elements(name: str, chunk: bytes, count: int) -> np.ndarray:
+def _bytes_elements(name: str, chunk: memoryview, count: int) -> np.ndarray:
+    if count * LENGTH_PREFIX.size > len(chunk):
+        raise V2Error(
+            f"input {name!r}: binary_data_size is {len(chunk)} bytes; {count} BYTES elements "
+            f"take at least {count * LENGTH_PREFIX.size} (a 4-byte length each)"
+        )
     out = np.empty(count, dtype=object)
-    view = memoryview(chunk)
+    view = chunk
     pos = 0
     for i in range(count):
         if pos + 4 > len(chunk):
@@ -273,6 +284,9 @@ def _from_json(name: str, datatype: str, data: Any, count: int, b64: int | None)
     if datatype == "BYTES":
         return _json_bytes(name, data, count, b64)
     dtype = DATATYPES[datatype]
+    present = _leading_count(data)
+    if present != count:
+        raise V2Error(f"input {name!r}: data has {present} values; its shape needs {count}")
     try:
         arr = np.array(data)
     except (ValueError, TypeError, OverflowError):
@@ -313,9 +327,25 @@ def _json_integers(name: str, datatype: str, data: list[Any], arr: np.ndarray) -
     return arr.astype(dtype)
 
 
+def _leading_count(data: list[Any]) -> int:
+    """The number of values a regular nested list holds, from the length of its first item at
+    each depth (nothing is built; a ragged list is refused when it is converted)."""
+    count = 1
+    node: Any = data
+    for _ in range(MAX_RANK + 1):
+        if not isinstance(node, list):
+            return count
+        count *= len(node)
+        if not node:
+            return count
+        node = node[0]
+    return count
+
+
 def _json_bytes(name: str, data: list[Any], count: int, b64: int | None) -> np.ndarray:
-    """BYTES from JSON strings: UTF-8, or base64 (``b64``: the length bound) when asked."""
-    out = np.empty(count, dtype=object)
+    """BYTES from JSON strings: UTF-8, or base64 (``b64``: the length bound) when asked. The
+    strings are counted against the shape before the array is made."""
+    items: list[bytes] = []
     filled = 0
     stack: list[Any] = [iter(data)]
     while stack:
@@ -330,16 +360,18 @@ def _json_bytes(name: str, data: list[Any], count: int, b64: int | None) -> np.n
             continue
         if not isinstance(item, str):
             raise V2Error(f"input {name!r}: BYTES data must be strings")
-        if filled >= count:
-            raise V2Error(f"input {name!r}: data has more values than its shape needs ({count})")
-        out[filled] = (
+        filled += 1
+        if filled > count:  # counted, not decoded: the error names how many there are
+            continue
+        items.append(
             item.encode()
             if b64 is None
             else b64decode_bounded(item, b64, f"input {name!r}: an element")
         )
-        filled += 1
     if filled != count:
         raise V2Error(f"input {name!r}: data has {filled} values; its shape needs {count}")
+    out = np.empty(count, dtype=object)
+    out[:] = items
     return out
 
 

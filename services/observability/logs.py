@@ -1,6 +1,7 @@
 """Log formats: ``json`` (one object per line, for log shippers), ``text`` (for a terminal)
 or ``auto`` (text on a terminal, JSON otherwise); every line written while a request runs
-carries its ``request_id``.
+carries its ``request_id``, and with tracing on the ``trace_id`` and ``span_id`` of the span
+it was written in (:mod:`services.observability.tracing`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import IO, Any
 import orjson
 
 from services.observability.context import current_request
+from services.observability.tracing import current_ids
 
 # --- log formats -------------------------------------------------------------------------
 
@@ -33,7 +35,8 @@ def _iso(created: float) -> str:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, the request id when
-    the line was written during a request, any ``extra=`` fields, and ``exc`` for tracebacks."""
+    the line was written during a request, the trace and span ids when it was written in a
+    span, any ``extra=`` fields, and ``exc`` for tracebacks."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -47,6 +50,10 @@ class JsonFormatter(logging.Formatter):
             info = current_request()
             if info is not None:
                 doc["request_id"] = info.request_id
+        if "trace_id" not in extra:
+            ids = current_ids()
+            if ids is not None:
+                doc["trace_id"], doc["span_id"] = ids
         doc.update({k: v for k, v in extra.items() if v is not None})
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -76,6 +83,12 @@ class TextFormatter(logging.Formatter):
             parts.append(" ".join(f"{k}={v:.1f}" for k, v in stages.items()))
         if request_id:
             parts.append(f"id={request_id}")
+        trace_id = extra.get("trace_id")
+        if trace_id is None:
+            ids = current_ids()
+            trace_id = ids[0] if ids is not None else None
+        if trace_id:
+            parts.append(f"trace={trace_id}")
         if not parts:
             return line
         head, nl, tail = line.partition("\n")  # keep a traceback below the first line

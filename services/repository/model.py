@@ -45,6 +45,8 @@ class LoadedModel:
             "licensed": self.token_id is not None,
             "size_bytes": self.size_bytes,
             "execution_provider": self.provider,
+            # Whether this model's runs may hold rows of other callers' requests.
+            "cross_request_batching": self.runner.cross_request_batching,
             "preprocessing": m.preprocessing.kind,
             "postprocessing": m.postprocessing.kind,
             "inputs": [t.model_dump() for t in m.inputs],

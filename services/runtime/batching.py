@@ -9,11 +9,19 @@ oldest request arrived for more requests; with 0 it leaves as soon as a slot is 
 idle model adds no latency and a busy one batches whatever queued while it ran.
 
 Only models whose batch dimension is dynamic take part (:func:`batchable`: the first
-dimension of every input and output is not a fixed number). Each request keeps its own
-deadline: a request whose deadline passed while it waited is dropped before the run, one whose
-deadline passes during the run gets :class:`~services.runtime.errors.RunTimeout` while the others
-still get their results, and the run itself is terminated (``RunOptions.terminate``) once
-every request in it is past its deadline. A run that fails fails only the requests of its own
+dimension of every input and output is not a fixed number), and only those the operator trusts
+(:meth:`BatchPolicy.trusts`, ``CIDSERVE_BATCH_TRUSTED_CIDS``). Models come from anyone, and a
+model sees every row of a run: one that moves rows (a ``Slice`` with step -1 on axis 0 is
+enough) would hand one caller's input-derived output to another, and the split by position
+cannot tell. Shapes say nothing about that, so for a model the operator has not marked as
+trusted the runner builds no batcher at all: each request is one ``session.run`` of its own
+rows, and no request ever receives rows computed from another request's input.
+
+Each request keeps its own deadline: a request whose deadline passed while it waited is
+dropped before the run, one whose deadline passes during the run gets
+:class:`~services.runtime.errors.RunTimeout` while the others still get their results, and the
+run itself is terminated (``RunOptions.terminate``) once every request in it is past its
+deadline. A run that fails fails only the requests of its own
 batch. A model that turns out not to keep rows apart (an output whose first dimension is not
 the batch's row count) is run one request at a time from then on.
 """
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from registry.unixfs import canonical_cid
 from services.runtime.errors import RunTimeout, consume_outcome
 
 if TYPE_CHECKING:
@@ -51,6 +60,21 @@ class BatchPolicy:
     max_delay_ms: float = 0.0
     # Concurrent runs of one model (the inference pool's size).
     max_inflight: int = 1
+    # Metadata CIDs of the models whose runs may hold rows of different requests
+    # (canonical CIDv1 base32; any spelling of a CID is accepted and canonicalised here).
+    trusted_cids: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        canonical = frozenset(canonical_cid(c) for c in self.trusted_cids)
+        object.__setattr__(self, "trusted_cids", canonical)
+
+    def trusts(self, metadata_cid: str) -> bool:
+        """Whether the operator lets requests of different callers share a run of the model
+        published under ``metadata_cid`` (in any CID spelling; a non-CID is never trusted)."""
+        try:
+            return canonical_cid(metadata_cid) in self.trusted_cids
+        except ValueError:
+            return False
 
 
 def batchable(session: ort.InferenceSession) -> bool:

@@ -20,6 +20,9 @@ class SessionConfig:
     optimized_cache_dir: Path | None = None
     # ONNX Runtime's intra-op threads spin while waiting for work (see docs/PERFORMANCE.md).
     intra_op_spinning: bool = False
+    # Identical outputs for identical inputs (CIDSERVE_DETERMINISTIC): deterministic kernels,
+    # sequential execution, a fixed intra-op thread count.
+    deterministic: bool = False
 
 
 def session_options(config: SessionConfig, *, optimize: bool = True) -> ort.SessionOptions:
@@ -32,6 +35,11 @@ def session_options(config: SessionConfig, *, optimize: bool = True) -> ort.Sess
     )
     if config.intra_op_threads:
         opts.intra_op_num_threads = config.intra_op_threads
+    if config.deterministic:
+        opts.use_deterministic_compute = True
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = config.intra_op_threads or 1
+        opts.inter_op_num_threads = 1
     if not config.intra_op_spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3

@@ -3,6 +3,10 @@
 ``session.run`` never runs on the event loop: :class:`ModelRunner` submits it to a bounded
 thread pool (ONNX Runtime releases the GIL while it computes) and enforces the request's
 timeout by asking the run to terminate (``RunOptions.terminate``) when the deadline passes.
+
+Rows of different requests share a run only when ``cross_request_batching`` is set: a model
+sees every row of its run and may move them, so that is the operator's call for each model
+(see :mod:`services.runtime.batching`). Without it, each call is one run of its own rows.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ if TYPE_CHECKING:
 class ModelRunner:
     """Runs one session in a shared, bounded thread pool with a per-call deadline.
 
-    With a :class:`~services.batching.BatchPolicy` and a dynamic batch dimension
-    (:func:`~services.batching.batchable`), concurrent calls are batched into one run."""
+    With a :class:`~services.runtime.batching.BatchPolicy`, a dynamic batch dimension
+    (:func:`~services.runtime.batching.batchable`) and ``cross_request_batching``, concurrent
+    calls are batched into one run.
+
+    ``cross_request_batching`` says that this model may see, and so may mix up, the rows of
+    different requests in one run. Only a model the operator trusts may get it: the loader
+    passes :meth:`BatchPolicy.trusts` of the model's metadata CID, and an operator-only
+    choice made when a model is loaded can be passed here the same way. Off (the default),
+    every call runs alone: a request's own rows still run together, nobody else's do."""
 
     def __init__(
         self,
@@ -35,6 +46,7 @@ class ModelRunner:
         executor: Executor,
         *,
         batching: BatchPolicy | None = None,
+        cross_request_batching: bool = False,
         model_id: str = "",
         metrics: Metrics | None = None,
     ) -> None:
@@ -42,7 +54,12 @@ class ModelRunner:
         self._executor = executor
         self.output_names = [o.name for o in session.get_outputs()]
         self.batcher: DynamicBatcher | None = None
-        if batching is not None and batching.enabled and batchable(session):
+        if (
+            cross_request_batching
+            and batching is not None
+            and batching.enabled
+            and batchable(session)
+        ):
             # session.run itself, not a method of this runner: no reference cycle, so an
             # evicted model's session is freed as soon as its last request is done.
             self.batcher = DynamicBatcher(
@@ -56,6 +73,12 @@ class ModelRunner:
         self._batch_hist = (
             metrics.batch_size.labels(model_id) if metrics is not None and model_id else None
         )
+
+    @property
+    def cross_request_batching(self) -> bool:
+        """Whether concurrent requests of this model are batched into one run now (trusted,
+        batching on, a dynamic batch dimension, and outputs that kept rows apart so far)."""
+        return self.batcher is not None and self.batcher.split_ok
 
     def _run(
         self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions, deadline: float

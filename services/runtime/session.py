@@ -1,20 +1,23 @@
 """Session creation and the checks of a new session against the model's metadata.
 
 Blocking: call from a worker thread. A CPU session starts from the optimized graph cached on
-disk when there is one (:mod:`services.runtime.optimized_cache`).
+disk when there is one (:mod:`services.runtime.optimized_cache`). :func:`warm_up` (from
+:mod:`services.runtime.warmup`) runs the first inference under a deadline.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from registry.metadata import ModelMetadata
 from services.runtime.optimized_cache import OptimizedGraphCache
 from services.runtime.options import SessionConfig, session_options
 from services.runtime.providers import CPU, select_providers
+from services.runtime.warmup import warm_up, warmup_feeds
+
+__all__ = ["check_signature", "create_session", "warm_up", "warmup_feeds"]
 
 
 def create_session(
@@ -43,22 +46,6 @@ def create_session(
     return session, active, choice.fallback_reason
 
 
-_ORT_TO_NUMPY = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-}
-
-
 def check_signature(session: ort.InferenceSession, metadata: ModelMetadata) -> None:
     """Raise ValueError when the metadata's inputs/outputs are not the session's."""
     got_in = [i.name for i in session.get_inputs()]
@@ -69,22 +56,3 @@ def check_signature(session: ort.InferenceSession, metadata: ModelMetadata) -> N
         raise ValueError(f"metadata inputs {want_in} do not match the model's inputs {got_in}")
     if not set(want_out) <= set(got_out):
         raise ValueError(f"metadata outputs {want_out} are not among the model's {got_out}")
-
-
-def warmup_feeds(
-    session: ort.InferenceSession, shapes: dict[str, list[int]] | None = None
-) -> dict[str, np.ndarray]:
-    """Zero inputs of the declared shapes for a warm-up run.
-
-    ``shapes`` gives concrete shapes for some inputs (what the model's preprocessor will feed
-    them, e.g. an image model's height and width); every other dynamic dimension is 1.
-    """
-    given = shapes or {}
-    feeds: dict[str, np.ndarray] = {}
-    for inp in session.get_inputs():
-        dtype = _ORT_TO_NUMPY.get(inp.type)
-        if dtype is None:
-            raise ValueError(f"input {inp.name!r} has unsupported type {inp.type}")
-        shape = given.get(inp.name) or [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
-        feeds[inp.name] = np.zeros(shape, dtype=dtype)
-    return feeds

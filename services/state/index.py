@@ -24,6 +24,11 @@ class IndexEntry:
     last_loaded_at: float = field(default_factory=time.time)
     last_load_ms: float | None = None
     last_source: str | None = None
+    # When the operator bound the model's published name to it (None: never; the name of an
+    # unbound model does not resolve to it).
+    bound_at: float | None = None
+    # Whether the model's last load made a warm-up run; a reload after eviction does the same.
+    warmup: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +47,12 @@ class ModelIndex(Protocol):
         token_id: int | None,
         load_ms: float,
         source: str,
+        warmup: bool = True,
     ) -> IndexEntry: ...
+
+    async def bind_name(self, model_id: str) -> None:
+        """The operator chose this model for its published name (and version)."""
+        ...
 
     async def get(self, model_id: str) -> IndexEntry | None: ...
 
@@ -67,6 +77,7 @@ class InMemoryModelIndex:
         token_id: int | None,
         load_ms: float,
         source: str,
+        warmup: bool = True,
     ) -> IndexEntry:
         entry = self._entries.get(model_id)
         if entry is None:
@@ -77,7 +88,13 @@ class InMemoryModelIndex:
         entry.last_loaded_at = time.time()
         entry.last_load_ms = load_ms
         entry.last_source = source
+        entry.warmup = warmup
         return entry
+
+    async def bind_name(self, model_id: str) -> None:
+        entry = self._entries.get(model_id)
+        if entry is not None:
+            entry.bound_at = time.time()
 
     async def get(self, model_id: str) -> IndexEntry | None:
         return self._entries.get(model_id)

@@ -14,7 +14,9 @@ store. Keys (under the store's prefix):
 Each write is one MULTI/EXEC round trip. Every load is also kept in a local
 :class:`~registry.index.InMemoryModelIndex`: when Redis does not answer, reads fall back to
 it and writes are queued (bounded) and sent once Redis answers again, so loading and serving
-never fail because the index is unreachable.
+models this replica knows never fail because the index is unreachable. A model this replica
+does not know, asked for while Redis does not answer, is a retryable 503 (``KVUnavailable``),
+never a "not loaded" 404 that may be false.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def _entry(raw: dict[bytes, bytes]) -> IndexEntry | None:
             last_loaded_at=float(f.get("last_loaded_at") or 0.0),
             last_load_ms=float(last_ms) if last_ms else None,
             last_source=f.get("last_source") or None,
+            bound_at=float(f["bound_at"]) if f.get("bound_at") else None,
+            warmup=f.get("warmup") != "0",
         )
     except (KeyError, ValueError) as exc:
         log.warning("skipping malformed index entry %s: %s", f.get("model_id"), exc)
@@ -87,6 +91,7 @@ class RedisModelIndex:
         self._by_cid = kv.key("index:by_cid")
         self._by_token = kv.key("index:by_token")
         self._history = kv.key("index:history")
+        self._outages_seen = kv.outages
 
     def _model_key(self, model_id: str) -> str:
         return self.kv.key(f"index:model:{model_id}")
@@ -103,6 +108,7 @@ class RedisModelIndex:
         token_id: int | None,
         load_ms: float,
         source: str,
+        warmup: bool = True,
     ) -> IndexEntry:
         event = {
             "model_id": model_id,
@@ -112,6 +118,7 @@ class RedisModelIndex:
             "token_id": token_id,
             "load_ms": load_ms,
             "source": source,
+            "warmup": warmup,
             "at": time.time(),
             "replica": self.replica,
         }
@@ -123,6 +130,7 @@ class RedisModelIndex:
             token_id=token_id,
             load_ms=load_ms,
             source=source,
+            warmup=warmup,
         )
         try:
             await self._flush()
@@ -144,6 +152,7 @@ class RedisModelIndex:
             "last_load_ms": repr(float(e["load_ms"])),
             "last_source": e["source"],
             "last_replica": e["replica"],
+            "warmup": "1" if e.get("warmup", True) else "0",
         }
         async with r.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
@@ -167,6 +176,22 @@ class RedisModelIndex:
         except KVUnavailable:
             self._pending.append(("forget", {"model_id": model_id}))
 
+    async def bind_name(self, model_id: str) -> None:
+        """Mark the model as the operator's choice for its name (``bound_at``)."""
+        await self.local.bind_name(model_id)
+        at = time.time()
+        try:
+            await self._flush()
+            await self.kv.run(lambda r: self._write_bind(r, {"model_id": model_id, "at": at}))
+        except KVUnavailable:
+            self._pending.append(("bind", {"model_id": model_id, "at": at}))
+
+    async def _write_bind(self, r: Redis, args: dict[str, Any]) -> None:
+        key = self._model_key(args["model_id"])
+        # Only an entry that exists (a load was recorded) is bound.
+        if await r.exists(key):
+            await r.hset(key, "bound_at", repr(float(args["at"])))
+
     async def _write_forget(self, r: Redis, model_id: str) -> None:
         key = self._model_key(model_id)
         cid, token = await r.hmget(key, ["metadata_cid", "token_id"])
@@ -180,11 +205,58 @@ class RedisModelIndex:
             await pipe.execute()
 
     async def _flush(self) -> None:
-        """Send the writes queued during an outage (oldest first)."""
+        """Send the writes queued during an outage (oldest first). After an outage in which
+        Redis lost the index (restarted empty: no load history left), put back this replica's
+        own entries that are missing, so the fleet finds the models it still serves."""
+        if self._outages_seen == self.kv.outages:
+            await self._send_pending()
+            return
+        lost = not await self.kv.run(lambda r: r.exists(self._history))
+        await self._send_pending()
+        if lost:
+            await self.kv.run(self._restore, timeout_s=LIST_TIMEOUT_S)
+        self._outages_seen = self.kv.outages
+
+    async def _restore(self, r: Redis) -> None:
+        entries = await self.local.entries()
+        async with r.pipeline(transaction=False) as pipe:
+            for e in entries:
+                pipe.exists(self._model_key(e.model_id))
+            present = await pipe.execute()
+        missing = [e for e, there in zip(entries, present, strict=True) if not there]
+        if not missing:
+            return
+        async with r.pipeline(transaction=True) as pipe:
+            for e in missing:
+                fields = {
+                    "model_id": e.model_id,
+                    "metadata_cid": e.metadata_cid,
+                    "name": e.name,
+                    "version": e.version,
+                    "token_id": "" if e.token_id is None else str(e.token_id),
+                    "loads": str(e.loads),
+                    "last_loaded_at": repr(e.last_loaded_at),
+                    "last_load_ms": "" if e.last_load_ms is None else repr(e.last_load_ms),
+                    "last_source": e.last_source or "",
+                    "last_replica": self.replica,
+                }
+                if e.bound_at is not None:
+                    fields["bound_at"] = repr(e.bound_at)
+                pipe.hset(self._model_key(e.model_id), mapping=fields)
+                pipe.sadd(self._models, e.model_id)
+                pipe.hsetnx(self._by_cid, e.metadata_cid, e.model_id)
+                if e.token_id is not None:
+                    pipe.hsetnx(self._by_token, str(e.token_id), e.model_id)
+            await pipe.execute()
+        log.warning("redis lost the model index; restored this replica's %d entries", len(missing))
+
+    async def _send_pending(self) -> None:
         while self._pending:
             kind, args = self._pending[0]
             if kind == "load":
                 await self.kv.run(lambda r, a=args: self._write_load(r, a))  # type: ignore[misc]
+            elif kind == "bind":
+                await self.kv.run(lambda r, a=args: self._write_bind(r, a))  # type: ignore[misc]
             else:
                 await self.kv.run(lambda r, a=args: self._write_forget(r, a["model_id"]))  # type: ignore[misc]
             self._pending.popleft()
@@ -197,7 +269,12 @@ class RedisModelIndex:
             await self._flush()
             raw = await self.kv.run(lambda r: r.hgetall(key))
         except KVUnavailable:
-            return await self.local.get(model_id)
+            local = await self.local.get(model_id)
+            if local is None:
+                # Not known here and the fleet's index did not answer: "not loaded" (404)
+                # could be a wrong answer; the caller gets a retryable 503 instead.
+                raise
+            return local
         return _entry(raw)
 
     async def entries(self) -> list[IndexEntry]:

@@ -22,6 +22,7 @@ Redis Cluster: the script touches keys it computes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -111,6 +112,10 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -188,9 +193,15 @@ class RedisKV:
                 result = await op(self.client)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc)
+            if not _is_timeout(exc):
+                # The server closed or reset a connection (a restart): the other idle
+                # connections of the pool are just as dead. Drop them now, or each would fail
+                # once after the server is back and start another outage.
+                await self._drop_idle_connections()
             raise KVUnavailable(f"redis unavailable: {self._last_error}") from None
         self._timeouts_in_row = 0
         if self._degraded_since is not None:
+            await self._drop_idle_connections()  # opened before the outage: maybe stale
             log.warning(
                 "redis at %s is back after %.1f s; shared cache and state resume",
                 self.display_url,
@@ -199,9 +210,13 @@ class RedisKV:
             self._degraded_since = None
         return result
 
+    async def _drop_idle_connections(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pool.disconnect(inuse_connections=False)
+
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
-        timeout = isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__
+        timeout = _is_timeout(exc)
         self._last_error = (
             f"no answer within {self.timeout_s * 1000:g} ms"
             if isinstance(exc, TimeoutError)

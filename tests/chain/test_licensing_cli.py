@@ -17,7 +17,7 @@ from registry import export
 from registry.local_store import LocalContentStore
 from services.http.app import create_app
 from services.wiring import build_services
-from tests.anvil import Anvil
+from tests.anvil import Anvil, cid_spellings
 from tests.conftest import CAT_LABELS
 from tests.harness import ServerThread
 
@@ -97,6 +97,22 @@ def test_publisher_and_user_flow_through_the_cli(anvil, tmp_path, efficientnet_o
     assert published["tokenURI"] == "ipfs://" + published["metadataCid"]
     assert published["owner"] == publisher.address
 
+    # One token per content: another spelling of the same CID is not minted again, and the
+    # CLI says which token the content has; `chain token-of` finds it from any spelling.
+    v0 = cid_spellings(published["metadataCid"])["v0"]
+    proc = cli("chain", "mint", v0, key=user_key, check=False)
+    assert proc.returncode == 1
+    assert f"already has token {token} minted by {publisher.address}" in proc.stderr
+    found = json.loads(cli("chain", "token-of", v0, "--json").stdout)
+    assert found == {
+        "metadataCid": cid_spellings(published["metadataCid"])["dag-pb"],  # v0, canonical
+        "tokenId": token,
+        "minter": publisher.address,
+        "tokenURI": published["tokenURI"],
+    }
+    proc = cli("chain", "token-of", "Qm-not-a-cid", check=False)
+    assert proc.returncode == 2 and "not a CID" in proc.stderr
+
     cli("license", "grant", str(token), user.address, "--duration", "1h", key=pub_key)
     check = cli("license", "check", str(token), user.address, "--json")
     assert json.loads(check.stdout)["valid"] is True
@@ -132,7 +148,16 @@ def test_publisher_and_user_flow_through_the_cli(anvil, tmp_path, efficientnet_o
 
         # `cidserve sign` headers, sent by httpx.
         signed = cli(
-            "sign", "POST", url, "--data-file", str(photo), "--format", "json", key=user_key
+            "sign",
+            "POST",
+            url,
+            "-H",
+            "Content-Type: image/jpeg",
+            "--data-file",
+            str(photo),
+            "--format",
+            "json",
+            key=user_key,
         )
         headers = json.loads(signed.stdout)
         assert headers["X-Cidserve-Address"] == user.address

@@ -9,12 +9,20 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from services.chain import abi
 from services.chain.auth import SignatureAuthenticator
-from services.chain.signing import canonical_string, recover_signer, sign_request
+from services.chain.client import LicenseeAuth, sign_url
+from services.chain.signing import (
+    canonical_string,
+    covered_headers,
+    recover_signer,
+    sign_request,
+)
 from services.errors import DependencyUnavailable, SignatureRejected
 from services.http.errors import describe
 from services.settings import SettingsError, load_settings
@@ -26,6 +34,8 @@ from tests.redis_support import REDIS_URL, delete_prefix, require_redis, unique_
 ALICE = Account.create()
 MALLORY = Account.create()
 TARGET = "/api/models/m-1/predict?top_k=3"
+HOST = "gateway.example:8000"
+SENT = {"Content-Type": "image/jpeg"}
 
 
 @dataclass
@@ -38,48 +48,122 @@ class Req:
     body: bytes = field(default=b"")
 
 
-def req(headers: dict[str, str], *, method="POST", path=TARGET, body=b"img") -> Req:
-    return Req(method, path, {k.lower(): v for k, v in headers.items()}, body)
+def req(
+    headers: dict[str, str],
+    *,
+    method="POST",
+    path=TARGET,
+    body=b"img",
+    host: str | None = HOST,
+    sent: dict[str, str] | None = None,
+) -> Req:
+    """The request a server receives: the signature headers plus the request's own."""
+    own = dict(SENT if sent is None else sent)
+    if host is not None:
+        own["Host"] = host
+    return Req(method, path, {k.lower(): v for k, v in (own | headers).items()}, body)
+
+
+def signed(key=None, body: bytes = b"img", **kw) -> dict[str, str]:
+    """Signature headers for the request :func:`req` builds by default."""
+    kw.setdefault("host", HOST)
+    kw.setdefault("headers", SENT)
+    return sign_request(ALICE.key if key is None else key, "POST", TARGET, body, **kw)
 
 
 def authenticate(auth: SignatureAuthenticator, request: Req):
     return asyncio.run(auth.authenticate(request))
 
 
-def reason(auth: SignatureAuthenticator, request: Req) -> str:
+def rejection(auth: SignatureAuthenticator, request: Req) -> SignatureRejected:
     with pytest.raises(SignatureRejected) as info:
         authenticate(auth, request)
     assert describe(info.value).status == 401
-    return str(info.value.extra["reason"])
+    return info.value
 
 
-def test_canonical_string_is_the_documented_six_lines():
+def reason(auth: SignatureAuthenticator, request: Req) -> str:
+    return str(rejection(auth, request).extra["reason"])
+
+
+def test_canonical_string_is_the_documented_lines():
+    headers = {
+        "Content-Type": " Application/X-Cidserve-Tensor ",
+        "X-Tensor-Shape": " 1,8 ",
+        "X-Tensor-Dtype": "float32",
+        "X-Tensor-Layout": "nchw",
+        "Accept": "application/json",
+    }
     text = canonical_string(
-        "post", "/a?b=1", hashlib.sha256(b"x").hexdigest(), 1700000000, "n0nce-123"
+        "post",
+        "/a?b=1",
+        host="Gateway.Example:8000",
+        content_type=headers["Content-Type"],
+        covered=covered_headers(headers),
+        body_hash=hashlib.sha256(b"x").hexdigest(),
+        timestamp=1700000000,
+        nonce="n0nce-123",
+        signer=ALICE.address,
     )
-    assert text == (
-        "cidserve-request-v1\nPOST\n/a?b=1\n"
-        "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881\n1700000000\nn0nce-123"
+    assert text == "\n".join(
+        [
+            "cidserve-request-v2",
+            "POST",
+            "/a?b=1",
+            "gateway.example:8000",
+            "application/x-cidserve-tensor",
+            "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
+            "1700000000",
+            "n0nce-123",
+            ALICE.address.lower(),
+            "inference-header-content-length:",
+            "x-tensor-dtype:float32",
+            "x-tensor-input:",
+            "x-tensor-layout:nchw",
+            "x-tensor-shape:1,8",
+        ]
     )
     with pytest.raises(ValueError):
-        canonical_string("GET", "/a\nX-Injected: 1", "", 1, "n0nce-123")
+        canonical_string(
+            "GET",
+            "/a\nX-Injected: 1",
+            host="h",
+            content_type=None,
+            covered=[],
+            body_hash="",
+            timestamp=1,
+            nonce="n0nce-123",
+            signer=ALICE.address,
+        )
+    for sent in ({"X-Tensor-Shape": "1\nX-Injected: 1"}, {"X-Tensor-Shape": "1\r2"}):
+        with pytest.raises(ValueError, match="line break"):
+            sign_request(ALICE.key, "POST", TARGET, host=HOST, headers=sent)
+    with pytest.raises(ValueError, match="line break"):
+        sign_request(ALICE.key, "POST", TARGET, host="a\nb")
 
 
 def test_signature_is_plain_personal_sign_over_the_canonical_string():
-    headers = sign_request(
-        ALICE.key, "POST", TARGET, b"img", timestamp=1700000000, nonce="abcdefgh"
-    )
+    headers = signed(timestamp=1700000000, nonce="abcdefgh")
     text = canonical_string(
-        "POST", TARGET, hashlib.sha256(b"img").hexdigest(), 1700000000, "abcdefgh"
+        "POST",
+        TARGET,
+        host=HOST,
+        content_type="image/jpeg",
+        covered=covered_headers({}),
+        body_hash=hashlib.sha256(b"img").hexdigest(),
+        timestamp=1700000000,
+        nonce="abcdefgh",
+        signer=ALICE.address,
     )
     signature = bytes.fromhex(headers["X-Cidserve-Signature"][2:])
     assert recover_signer(text, signature) == ALICE.address
     assert headers["X-Cidserve-Address"] == ALICE.address
+    assert headers["X-Cidserve-Version"] == "cidserve-request-v2"
 
 
 def test_valid_signature_identifies_the_caller_once():
     auth = SignatureAuthenticator(MemoryKV(), skew_s=60)
-    headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+    headers = signed()
     caller = authenticate(auth, req(headers))
     assert caller is not None and caller.address == ALICE.address
     assert reason(auth, req(headers)) == "replay"
@@ -95,7 +179,7 @@ def test_no_signature_headers_is_anonymous():
     ["X-Cidserve-Address", "X-Cidserve-Timestamp", "X-Cidserve-Nonce", "X-Cidserve-Signature"],
 )
 def test_any_missing_header_is_401(header):
-    headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+    headers = signed()
     del headers[header]
     assert reason(SignatureAuthenticator(MemoryKV()), req(headers)) == "missing"
 
@@ -112,7 +196,7 @@ def test_any_missing_header_is_401(header):
     ],
 )
 def test_malformed_header_is_401(header, value):
-    headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+    headers = signed()
     headers[header] = value
     assert reason(SignatureAuthenticator(MemoryKV()), req(headers)) == "malformed"
 
@@ -120,7 +204,7 @@ def test_malformed_header_is_401(header, value):
 def test_signature_binds_address_method_target_and_body():
     auth = SignatureAuthenticator(MemoryKV())
     # Mallory signs but claims to be Alice.
-    forged = sign_request(MALLORY.key, "POST", TARGET, b"img")
+    forged = signed(MALLORY.key)
     forged["X-Cidserve-Address"] = ALICE.address
     assert reason(auth, req(forged)) == "forged"
     # Alice's signature, another body / query / path / method.
@@ -130,30 +214,134 @@ def test_signature_binds_address_method_target_and_body():
         {"path": "/api/models/m-2/predict?top_k=3"},
         {"method": "PUT"},
     ):
-        headers = sign_request(ALICE.key, "POST", TARGET, b"img")
-        assert reason(auth, req(headers, **changed)) == "forged", changed
+        assert reason(auth, req(signed(), **changed)) == "forged", changed
     # A signature of garbage that recovers to no key at all.
-    headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+    headers = signed()
     headers["X-Cidserve-Signature"] = "0x" + "00" * 64 + "1b"
     assert reason(auth, req(headers)) == "forged"
+
+
+TENSOR = {
+    "Content-Type": "application/x-cidserve-tensor",
+    "X-Tensor-Dtype": "float32",
+    "X-Tensor-Shape": "1,8",
+}
+
+
+@pytest.mark.parametrize(
+    ("host", "sent"),
+    [
+        pytest.param("other.example:8000", TENSOR, id="host"),
+        pytest.param("gateway.example:8001", TENSOR, id="host-port"),
+        pytest.param(None, TENSOR, id="host-absent"),
+        pytest.param(HOST, TENSOR | {"Content-Type": "image/jpeg"}, id="content-type"),
+        pytest.param(HOST, {k: v for k, v in TENSOR.items() if k != "Content-Type"}, id="no-ct"),
+        pytest.param(HOST, TENSOR | {"X-Tensor-Dtype": "uint8"}, id="dtype"),
+        pytest.param(HOST, TENSOR | {"X-Tensor-Shape": "8"}, id="shape"),
+        pytest.param(HOST, TENSOR | {"X-Tensor-Shape": "2,4"}, id="shape-2"),
+        pytest.param(HOST, TENSOR | {"X-Tensor-Input": "x"}, id="input-added"),
+        pytest.param(HOST, TENSOR | {"X-Tensor-Order": "fortran"}, id="other-x-tensor"),
+        pytest.param(HOST, TENSOR | {"Inference-Header-Content-Length": "12"}, id="ihcl"),
+        pytest.param(HOST, {"Content-Type": TENSOR["Content-Type"]}, id="tensor-headers-gone"),
+    ],
+)
+def test_every_covered_header_and_the_host_are_bound(host, sent):
+    auth = SignatureAuthenticator(MemoryKV())
+    headers = signed(headers=TENSOR)
+    rejected = rejection(auth, req(headers, host=host, sent=sent))
+    assert rejected.extra["reason"] == "forged"
+    assert "Host, Content-Type, X-Tensor-*" in str(rejected)
+    # Untampered, the same signature passes (the nonce was not used by the refusals).
+    assert authenticate(auth, req(headers, sent=TENSOR)) is not None
+
+
+def test_normalised_parts_and_uncovered_headers_do_not_break_a_signature():
+    auth = SignatureAuthenticator(MemoryKV())
+    headers = signed(headers={"Content-Type": "Image/JPEG", "X-Tensor-Shape": "1,8"})
+    sent = {
+        "content-type": "  image/jpeg ",
+        "x-tensor-shape": "1,8 ",
+        "accept": "*/*",
+        "user-agent": "curl/8",
+        "content-length": "3",
+    }
+    assert authenticate(auth, req(headers, host="GATEWAY.example:8000", sent=sent)) is not None
+
+
+def test_version_1_signatures_are_refused_naming_version_2():
+    auth = SignatureAuthenticator(MemoryKV())
+    ts, nonce = int(time.time()), "abcdefgh1"
+    v1 = "\n".join(
+        ["cidserve-request-v1", "POST", TARGET, hashlib.sha256(b"img").hexdigest(), str(ts), nonce]
+    )
+    signature = ALICE.sign_message(encode_defunct(text=v1)).signature
+    old = {
+        "X-Cidserve-Address": ALICE.address,
+        "X-Cidserve-Timestamp": str(ts),
+        "X-Cidserve-Nonce": nonce,
+        "X-Cidserve-Signature": "0x" + bytes(signature).hex(),
+    }
+    rejected = rejection(auth, req(old))
+    assert rejected.extra["reason"] == "version"
+    assert "cidserve-request-v2" in str(rejected) and "X-Cidserve-Version" in str(rejected)
+    for version in ("cidserve-request-v1", "cidserve-request-v3"):
+        headers = signed() | {"X-Cidserve-Version": version}
+        rejected = rejection(auth, req(headers))
+        assert rejected.extra["reason"] == "version"
+        assert "cidserve-request-v2" in str(rejected)
+
+
+def test_url_helper_and_httpx_auth_sign_what_httpx_sends():
+    auth = SignatureAuthenticator(MemoryKV())
+    url = "http://Gateway.Example:8000/api/models/m%201/predict?top_k=3&q=a%20b"
+    headers = sign_url(ALICE.key, "post", url, TENSOR, b"\x00" * 32)
+    request = req(
+        headers,
+        path="/api/models/m%201/predict?top_k=3&q=a%20b",
+        host="gateway.example:8000",
+        sent=TENSOR,
+        body=b"\x00" * 32,
+    )
+    assert authenticate(auth, request) is not None
+    # The scheme's default port is not part of the Host header httpx (and curl) send.
+    headers = sign_url(ALICE.key, "GET", "https://gateway.example:443/v2/health/ready")
+    request = req(
+        headers, method="GET", path="/v2/health/ready", host="gateway.example", sent={}, body=b""
+    )
+    assert authenticate(auth, request) is not None
+    with pytest.raises(ValueError, match="absolute"):
+        sign_url(ALICE.key, "GET", "/v2/health/ready")
+
+    # The httpx auth flow signs the request after httpx has added Host and Content-Type.
+    built = httpx.Request("POST", "http://127.0.0.1:8123/api/inference/execute", json={"a": 1})
+    flow = LicenseeAuth(ALICE.key).auth_flow(built)
+    sent = next(flow)
+    view = Req(
+        "POST",
+        "/api/inference/execute",
+        {k.lower(): v for k, v in sent.headers.items()},
+        sent.content,
+    )
+    assert sent.headers["host"] == "127.0.0.1:8123"
+    assert authenticate(auth, view) is not None
 
 
 def test_timestamp_outside_the_skew_is_401_both_ways():
     auth = SignatureAuthenticator(MemoryKV(), skew_s=30)
     now = int(time.time())
     for ts in (now - 120, now + 120):
-        headers = sign_request(ALICE.key, "POST", TARGET, b"img", timestamp=ts)
+        headers = signed(timestamp=ts)
         assert reason(auth, req(headers)) == "stale"
-    inside = sign_request(ALICE.key, "POST", TARGET, b"img", timestamp=now - 20)
+    inside = signed(timestamp=now - 20)
     assert authenticate(auth, req(inside)) is not None
 
 
 def test_forged_requests_do_not_burn_nonces():
     auth = SignatureAuthenticator(MemoryKV())
-    forged = sign_request(MALLORY.key, "POST", TARGET, b"img", nonce="shared-nonce-1")
+    forged = signed(MALLORY.key, nonce="shared-nonce-1")
     forged["X-Cidserve-Address"] = ALICE.address
     reason(auth, req(forged))
-    genuine = sign_request(ALICE.key, "POST", TARGET, b"img", nonce="shared-nonce-1")
+    genuine = signed(nonce="shared-nonce-1")
     assert authenticate(auth, req(genuine)) is not None
 
 
@@ -161,7 +349,7 @@ def test_nonce_store_down_fails_closed_with_503():
     # A real Redis client pointed at a port where nothing listens.
     kv = RedisKV(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=200, backoff_ms=50)
     auth = SignatureAuthenticator(kv)
-    headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+    headers = signed()
     with pytest.raises(DependencyUnavailable) as info:
         authenticate(auth, req(headers))
     reply = describe(info.value)
@@ -177,7 +365,7 @@ def test_replay_to_another_replica_is_refused_through_shared_redis():
         first = RedisKV(REDIS_URL, prefix=prefix, timeout_ms=2000)
         second = RedisKV(REDIS_URL, prefix=prefix, timeout_ms=2000)
         try:
-            headers = sign_request(ALICE.key, "POST", TARGET, b"img")
+            headers = signed()
             ok = await SignatureAuthenticator(first, skew_s=30).authenticate(req(headers))
             try:
                 await SignatureAuthenticator(second, skew_s=30).authenticate(req(headers))

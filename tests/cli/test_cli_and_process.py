@@ -45,7 +45,7 @@ def test_publish_prints_cids_and_the_same_file_gets_the_same_model_cid(tmp_path:
     labels.write_text("alpha\nbeta\ngamma\ndelta\n")
     env = {**os.environ, "CIDSERVE_DATA_DIR": str(tmp_path / "data")}
     out = []
-    for _ in range(2):
+    for i in range(2):  # a version the catalogue has already is refused: 2.0, then 2.1
         proc = subprocess.run(
             [
                 *CIDSERVE,
@@ -56,7 +56,7 @@ def test_publish_prints_cids_and_the_same_file_gets_the_same_model_cid(tmp_path:
                 "--name",
                 "greek",
                 "--version",
-                "2.0",
+                f"2.{i}",
                 "--json",
             ],
             env=env,

@@ -25,6 +25,7 @@ LEGACY = {
     "inference_timeout_ms": ("CIDSERVE_INFERENCE_TIMEOUT", "INFERENCE_TIMEOUT"),
     "log_level": ("LOG_LEVEL",),
     "chain_rpc_url": ("AVALANCHE_RPC_URL",),
+    "license_contract": ("CONTRACT_ADDRESS",),
 }
 LEGACY_NAMES = [(field, name) for field, names in LEGACY.items() for name in names]
 
@@ -41,6 +42,20 @@ SPECIAL: dict[str, tuple[str, Any]] = {
     "license_contract": (ADDRESS, ADDRESS),  # needs an RPC URL: see needs()
     "private_key": ("0x" + "AB" * 32, "0x" + "ab" * 32),
     "keystore_password": ("correct horse", "correct horse"),
+    "admin_token": (" op-token-123 ", "op-token-123"),
+    "batch_trusted_cids": (
+        "QmPZ9gcCEpqKTo6aq61g2nXGUhM4iCL3ewB6LDXZCtioEB, ",
+        frozenset({"bafybeiasb5vpmaounyilfuxbd3lryvosl4yefqrfahsb2esg46q6tu6y5q"}),
+    ),
+    "trusted_minters": (  # needs an RPC URL and a contract: see needs()
+        f" {ADDRESS}, 0x52908400098527886E0F7030069857D2E4169EE7,",
+        frozenset({ADDRESS.lower(), "0x52908400098527886e0f7030069857d2e4169ee7"}),
+    ),
+    "cors_origins": (
+        "https://a.example, http://b.example:8080/",
+        ("https://a.example", "http://b.example:8080"),
+    ),
+    "url_allow": ("127.0.0.1:8080, Images.Example", ("127.0.0.1:8080", "images.example")),
 }
 
 
@@ -93,6 +108,9 @@ def sample(field: str, tmp_path: Path) -> tuple[str, Any]:
         if field == "keystore":
             (tmp_path / "keystore.json").write_text("{}")
             return str(tmp_path / "keystore.json"), tmp_path / "keystore.json"
+        if field == "admin_token_file":
+            (tmp_path / "admin-token").write_text("op-token-123\n")
+            return str(tmp_path / "admin-token"), tmp_path / "admin-token"
         return str(tmp_path / field), tmp_path / field
     if typing.get_origin(kind) is Literal:
         choice = next(c for c in typing.get_args(kind) if c != default)
@@ -104,6 +122,8 @@ def sample(field: str, tmp_path: Path) -> tuple[str, Any]:
 
 def needs(field: str) -> dict[str, str]:
     """Other variables a field's value is only valid with."""
+    if field == "trusted_minters":
+        return {"CIDSERVE_CHAIN_RPC_URL": RPC, "CIDSERVE_LICENSE_CONTRACT": ADDRESS}
     return {"CIDSERVE_CHAIN_RPC_URL": RPC} if field == "license_contract" else {}
 
 
@@ -134,6 +154,8 @@ def test_only_fields_with_a_legacy_name_have_an_explicit_alias():
 @pytest.mark.parametrize(("field", "name"), LEGACY_NAMES)
 def test_legacy_name_sets_its_field(field, name, tmp_path, monkeypatch):
     text, expected = sample(field, tmp_path)
+    for other, value in needs(field).items():
+        monkeypatch.setenv(other, value)
     monkeypatch.setenv(name, text)
     assert plain(getattr(load_settings(), field)) == expected
 
@@ -149,10 +171,24 @@ def test_cidserve_name_wins_over_legacy_name(field, name, tmp_path, monkeypatch)
         "inference_timeout_ms": "777",
         "log_level": "error",
         "chain_rpc_url": "http://legacy.example:9650",
+        "license_contract": "0x52908400098527886E0F7030069857D2E4169EE7",
     }[field]
+    for need, value in needs(field).items():
+        monkeypatch.setenv(need, value)
     monkeypatch.setenv(name, other)
     monkeypatch.setenv(PREFIX + field.upper(), text)
     assert plain(getattr(load_settings(), field)) == expected
+
+
+def test_original_chain_variables_turn_licensing_on(monkeypatch):
+    monkeypatch.setenv("AVALANCHE_RPC_URL", RPC)
+    monkeypatch.setenv("CONTRACT_ADDRESS", ADDRESS)
+    settings = load_settings()
+    assert settings.licensing_enabled
+    assert (settings.chain_rpc_url, settings.license_contract) == (RPC, ADDRESS)
+    monkeypatch.setenv("CONTRACT_ADDRESS", "0x1234")
+    with pytest.raises(SettingsError, match=r"CONTRACT_ADDRESS|LICENSE_CONTRACT"):
+        load_settings()
 
 
 def test_inference_timeout_names_are_tried_in_order(monkeypatch):

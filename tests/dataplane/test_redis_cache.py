@@ -335,6 +335,9 @@ class OneLicensee:
     async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
         return None
 
+    async def token_of_content(self, metadata_cid: str) -> int | None:
+        return None  # no chain: the token a load names is the model's
+
     async def health(self) -> dict[str, object]:
         return {"status": "ok"}
 

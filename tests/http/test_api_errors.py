@@ -106,7 +106,7 @@ def test_decompression_bomb_is_413_before_decoding(gateway: Gateway, effnet_id: 
     _assert_error(r, 413, "pixels")
 
 
-def test_oversized_body_and_base64_are_413(workdir, store):
+def test_oversized_body_and_base64_are_413(workdir, store, efficientnet: PublishResult):
     import httpx
 
     from services.http.app import create_app
@@ -134,10 +134,15 @@ def test_oversized_body_and_base64_are_413(workdir, store):
             "/api/models/any/predict", content=chunks(), headers={"Content-Type": "image/jpeg"}
         )
         _assert_error(r, 413)
+        # The payload is decoded only for a model that exists (and after the license gate).
+        r = client.post(
+            "/api/models/load", json={"metadataCid": efficientnet.metadata_cid, "warmup": False}
+        )
+        assert r.status_code == 200, r.text
         r = client.post(
             "/api/inference/execute",
             json={
-                "model_id": "any",
+                "model_id": r.json()["model_id"],
                 "input_data": {"format": "base64_jpeg", "content": "A" * 8000},
             },
         )

@@ -21,7 +21,7 @@ from preprocessing.tensor import TensorPreprocessing
 from registry.local_store import LocalContentStore
 from registry.publish import PublishResult, publish_model
 from services.chain.auth import SignatureAuthenticator
-from services.chain.signing import sign_request
+from services.chain.client import sign_url
 from services.http.app import create_app
 from services.licensing import Caller
 from services.state.kv import MemoryKV
@@ -92,6 +92,9 @@ class TokenHolders:
 
     async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
         return None
+
+    async def token_of_content(self, metadata_cid: str) -> int | None:
+        return None  # no chain: the token a load names is the model's
 
     async def health(self) -> dict[str, object]:
         return {"status": "ok"}
@@ -348,7 +351,8 @@ def test_licensed_model_needs_signed_headers(licensed_gw: Gateway, published):
     inp.set_data_from_numpy(x)
     outputs = [triton.InferRequestedOutput("y")]
     path = f"/v2/models/{pub.model_id}/infer"
-    body, _ = client.generate_request_body([inp], outputs=outputs)
+    body, json_size = client.generate_request_body([inp], outputs=outputs)
+    url, sent = licensed_gw.url + path, {"Inference-Header-Content-Length": str(json_size)}
 
     with pytest.raises(InferenceServerException) as err:
         client.infer(pub.model_id, [inp], outputs=outputs)
@@ -358,10 +362,10 @@ def test_licensed_model_needs_signed_headers(licensed_gw: Gateway, published):
             pub.model_id,
             [inp],
             outputs=outputs,
-            headers=sign_request(STRANGER_KEY, "POST", path, body),
+            headers=sign_url(STRANGER_KEY, "POST", url, sent, body),
         )
     assert err.value.status() == "403"
-    signed = sign_request(HOLDER_KEY, "POST", path, body)
+    signed = sign_url(HOLDER_KEY, "POST", url, sent, body)
     y = client.infer(pub.model_id, [inp], outputs=outputs, headers=signed).as_numpy("y")
     w, b = linear_weights(11)
     np.testing.assert_allclose(y, x @ w + b, rtol=1e-5, atol=1e-5)
@@ -379,7 +383,7 @@ def test_licensed_model_needs_signed_headers(licensed_gw: Gateway, published):
         client.infer(pub.model_id, [inp], outputs=outputs)
     assert err.value.status() == "401"
     assert cache.peek(pub.model_id) is None  # no load for a caller without a license
-    signed = sign_request(HOLDER_KEY, "POST", path, body)
+    signed = sign_url(HOLDER_KEY, "POST", url, sent, body)
     y = client.infer(pub.model_id, [inp], outputs=outputs, headers=signed).as_numpy("y")
     np.testing.assert_allclose(y, x @ w + b, rtol=1e-5, atol=1e-5)
     assert cache.peek(pub.model_id) is not None

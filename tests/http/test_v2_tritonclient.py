@@ -215,7 +215,9 @@ def test_raw_http_binary_request_and_error_shape(v2gw: Gateway, effnet, referenc
     # Errors on /v2 are the protocol's {"error": ...}, never the /api envelope.
     for method, path, kwargs, status in [
         ("POST", f"/v2/models/{effnet}/infer", {"content": b"not json"}, 400),
-        ("POST", "/v2/models/missing/infer", {"json": {"inputs": []}}, 400),
+        ("POST", f"/v2/models/{effnet}/infer", {"json": {"inputs": []}}, 400),
+        # An unknown model is answered before the body is parsed.
+        ("POST", "/v2/models/missing/infer", {"content": b"not json"}, 404),
         ("GET", "/v2/models/missing", {}, 404),
         (
             "POST",

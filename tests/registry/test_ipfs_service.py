@@ -123,10 +123,8 @@ def test_publish_adds_and_pins_with_the_embedded_stores_cids(
     assert json.loads(metadata)["model"]["cid"] == doc["modelCid"]
     for cid in (doc["metadataCid"], doc["modelCid"], doc["labelsCid"]):
         assert ipfs_node.pinned(cid), cid
-    # A progress bar for the large file (not a terminal: a line per tenth).
-    progress = [line for line in published["stderr"].splitlines() if "adding" in line]
-    assert any("efficientnet-lite0.onnx" in line and "100.0%" in line for line in progress)
-    assert not any("labels" in line for line in progress)  # small files: no bar
+    # stderr is not a terminal: no progress bar (tests/cli/test_progress.py draws it on one).
+    assert "adding " not in published["stderr"] and "MB/s" not in published["stderr"]
 
 
 def test_load_from_the_node_and_classify(

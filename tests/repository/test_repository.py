@@ -30,6 +30,10 @@ def test_names_resolve_to_model_ids(run_with, linear: list[PublishResult]):
     async def main(s: Services) -> None:
         model_id = (await s.repository.load(linear[1].metadata_cid)).model.model_id
         assert await s.repository.resolve_name(model_id) == model_id
+        # A load that does not bind the name (a licensee's) leaves the name unresolved.
+        with pytest.raises(ModelNotFound):
+            await s.repository.resolve_name("lin-1")
+        await s.repository.load(linear[1].metadata_cid, bind_name=True)  # the operator's
         assert await s.repository.resolve_name("lin-1") == model_id
         assert await s.repository.resolve_name("lin-1", "1.0.0") == model_id
         with pytest.raises(VersionNotFound, match="has no version '9'"):

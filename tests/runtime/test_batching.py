@@ -1,7 +1,10 @@
 """Dynamic batching: concurrent requests share a run, and nobody can tell from the answers.
 
 Real sessions (EfficientNet-Lite0, small onnx.helper models) in a real thread pool; one test
-goes through a running gateway and reads the batch size from ``GET /metrics``.
+goes through a running gateway and reads the batch size from ``GET /metrics``. Every model
+here is trusted for cross-request batching (``cross_request_batching=True``,
+``CIDSERVE_BATCH_TRUSTED_CIDS``); what happens without that trust is in
+``test_batching_isolation.py``.
 """
 
 from __future__ import annotations
@@ -95,7 +98,9 @@ def test_concurrent_requests_share_runs_and_match_unbatched_results(
 ) -> None:
     session = _session(linear_model(tmp_path / "lin.onnx", n_in=8, n_out=4, seed=3))
     metrics = Metrics()
-    runner = ModelRunner(session, pool, batching=POLICY, model_id="lin", metrics=metrics)
+    runner = ModelRunner(
+        session, pool, batching=POLICY, cross_request_batching=True, model_id="lin", metrics=metrics
+    )
     assert runner.batcher is not None
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(16)]
@@ -121,7 +126,9 @@ def test_efficientnet_batched_outputs_equal_single_runs(
     efficientnet_onnx: Path, pool: ThreadPoolExecutor
 ) -> None:
     session = _session(efficientnet_onnx)
-    runner = ModelRunner(session, pool, batching=POLICY, model_id="effnet")
+    runner = ModelRunner(
+        session, pool, batching=POLICY, cross_request_batching=True, model_id="effnet"
+    )
     assert runner.batcher is not None
     rng = np.random.default_rng(1)
     feeds = [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(5)]
@@ -137,7 +144,14 @@ def test_fixed_batch_model_is_never_batched(tmp_path: Path, pool: ThreadPoolExec
     session = _session(_fixed_linear(tmp_path / "fixed.onnx"))
     assert not batchable(session)
     metrics = Metrics()
-    runner = ModelRunner(session, pool, batching=POLICY, model_id="fixed", metrics=metrics)
+    runner = ModelRunner(
+        session,
+        pool,
+        batching=POLICY,
+        cross_request_batching=True,
+        model_id="fixed",
+        metrics=metrics,
+    )
     assert runner.batcher is None
     feeds = [{"x": np.full((1, 8), i, dtype=np.float32)} for i in range(6)]
     results = asyncio.run(_gather(runner, feeds))
@@ -163,7 +177,9 @@ def test_requests_of_other_shapes_run_in_their_own_batch(
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "rowsum.onnx"))
     session = _session(tmp_path / "rowsum.onnx")
-    runner = ModelRunner(session, pool, batching=POLICY, model_id="rowsum")
+    runner = ModelRunner(
+        session, pool, batching=POLICY, cross_request_batching=True, model_id="rowsum"
+    )
     feeds = [{"x": np.ones((1, 2 + i % 3), dtype=np.float32)} for i in range(9)]
     results = asyncio.run(_gather(runner, feeds))
     for f, res in zip(feeds, results, strict=True):
@@ -173,7 +189,9 @@ def test_requests_of_other_shapes_run_in_their_own_batch(
 
 def test_a_failing_run_fails_only_its_own_batch(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
     session = _session(linear_model(tmp_path / "lin.onnx", seed=4))
-    runner = ModelRunner(session, pool, batching=POLICY, model_id="lin")
+    runner = ModelRunner(
+        session, pool, batching=POLICY, cross_request_batching=True, model_id="lin"
+    )
     good = [{"x": np.ones((1, 8), dtype=np.float32)} for _ in range(4)]
     bad = [{"x": np.ones((1, 8), dtype=np.float64)} for _ in range(3)]  # wrong dtype
     mixed = [good[0], bad[0], good[1], bad[1], good[2], bad[2], good[3]]
@@ -193,7 +211,9 @@ def test_deadlines_inside_a_batch(
 ) -> None:
     """A request whose deadline passes while queued is dropped before the run; one whose
     deadline passes during the run times out alone; the others get their results."""
-    runner = ModelRunner(slow_session, pool, batching=POLICY, model_id="slow")
+    runner = ModelRunner(
+        slow_session, pool, batching=POLICY, cross_request_batching=True, model_id="slow"
+    )
     assert runner.batcher is not None
     x = np.full((1, 1024), 0.5, dtype=np.float32)
 
@@ -228,7 +248,9 @@ def test_deadlines_inside_a_batch(
 def test_whole_run_past_every_deadline_is_terminated(
     slow_session: ort.InferenceSession, pool: ThreadPoolExecutor
 ) -> None:
-    runner = ModelRunner(slow_session, pool, batching=POLICY, model_id="slow")
+    runner = ModelRunner(
+        slow_session, pool, batching=POLICY, cross_request_batching=True, model_id="slow"
+    )
     x = np.ones((1, 1024), dtype=np.float32)
     results = asyncio.run(_gather(runner, [{"x": x}, {"x": x}], timeout_s=0.01))
     assert all(isinstance(r, RunTimeout) for r in results)
@@ -249,7 +271,11 @@ def test_gateway_batches_concurrent_predictions(
     """Through HTTP: concurrent predictions are batched (the metric says so) and give the same
     answers as one request at a time; a short deadline still gives 504."""
     settings = make_settings(
-        workdir, prediction_cache=False, batch_max_delay_ms=50.0, batch_max_size=8
+        workdir,
+        prediction_cache=False,
+        batch_max_delay_ms=50.0,
+        batch_max_size=8,
+        batch_trusted_cids=efficientnet.metadata_cid,
     )
     from services.http.app import create_app
     from services.wiring import build_services
@@ -262,6 +288,7 @@ def test_gateway_batches_concurrent_predictions(
         r = client.post("/api/models/load", json={"metadataCid": efficientnet.metadata_cid})
         assert r.status_code == 200, r.text
         model_id = r.json()["model_id"]
+        assert client.get(f"/api/models/{model_id}").json()["cross_request_batching"] is True
         images = [photos["chelsea"], photos["coffee"], photos["astronaut"]] * 3
 
         def predict(data: bytes) -> dict[str, object]:

@@ -18,6 +18,7 @@ import pytest
 from registry.local_store import LocalContentStore
 from registry.publish import PublishResult
 from services.chain.auth import SignatureAuthenticator
+from services.chain.client import sign_url
 from services.chain.signing import sign_request
 from services.state.redis_kv import RedisKV
 from tests.conftest import CAT_LABELS, make_settings
@@ -126,14 +127,16 @@ def test_a_signed_request_replayed_on_another_replica_is_refused(
     assert r.status_code == 200
     path = f"/api/models/{efficientnet.model_id}/predict?top_k=1"
     body = photos["chelsea"]
-    signed = sign_request(TEST_KEY, "POST", path, body)
-    headers = {"Content-Type": "image/jpeg", **signed}
+    # Both replicas answer one host name (behind one balancer), as a deployment's replicas do.
+    sent = {"Content-Type": "image/jpeg", "Host": "cidserve.example"}
+    signed = sign_request(TEST_KEY, "POST", path, body, headers=sent)
+    headers = {**sent, **signed}
     assert a.client.post(path, content=body, headers=headers).status_code == 200
     replay = b.client.post(path, content=body, headers=headers)
     assert replay.status_code == 401
     assert "nonce" in replay.json()["message"].lower()
-    fresh = sign_request(TEST_KEY, "POST", path, body)
-    ok = b.client.post(path, content=body, headers={"Content-Type": "image/jpeg", **fresh})
+    fresh = sign_request(TEST_KEY, "POST", path, body, headers=sent)
+    ok = b.client.post(path, content=body, headers={**sent, **fresh})
     assert ok.status_code == 200
 
 
@@ -217,8 +220,9 @@ def test_redis_down_serves_uncached_then_resumes_without_restart(
     assert [e["model_id"] for e in listing["index"]] == [model_id]
     # Replay protection fails closed: a signed request cannot be checked, so it is refused.
     path = f"/api/models/{model_id}/predict?top_k=3"
-    signed = sign_request(TEST_KEY, "POST", path, image)
-    refused = gw.client.post(path, content=image, headers={"Content-Type": "image/jpeg", **signed})
+    jpeg = {"Content-Type": "image/jpeg"}
+    signed = sign_url(TEST_KEY, "POST", gw.url + path, jpeg, image)
+    refused = gw.client.post(path, content=image, headers={**jpeg, **signed})
     assert refused.status_code == 503
     warnings = [m for m in records.messages if "unavailable" in m and "redis" in m]
     assert len(warnings) == 1, records.messages

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from services.state.kv import KVUnavailable
 from services.state.redis_index import RedisModelIndex
 from services.state.redis_kv import RedisKV
 from tests.redis_support import REDIS_URL, RedisServer, delete_prefix, require_redis, unique_prefix
@@ -99,6 +100,10 @@ def test_index_falls_back_to_local_and_catches_up(tmp_path: Path) -> None:
             assert entry.model_id == "m-2"
             assert (await index.get("m-2")).metadata_cid == "bafy-meta-2"  # type: ignore[union-attr]
             assert {e.model_id for e in await index.entries()} == {"m-1", "m-2"}
+            # A model only the fleet might know: "unknown" could be false, so it is a
+            # retryable failure (503 over HTTP), not None (404).
+            with pytest.raises(KVUnavailable):
+                await other.get("m-1")
 
             server.start()  # an empty Redis: the queued writes are sent once it answers
             deadline = asyncio.get_running_loop().time() + 5

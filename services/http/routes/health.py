@@ -1,4 +1,5 @@
-"""``/health``: liveness; ``/health/ready``: readiness, naming each dependency."""
+"""``/health``: liveness; ``/health/ready``: readiness, naming each dependency (503
+``draining`` while the process stops)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,26 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from registry.redact import redact_tree
 from services import __version__
 from services.http.deps import Svc
 from services.http.responses import JSONResponse
+from services.http.schemas import HealthResponse, LiveResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 
 
 async def _safe(check: Any) -> dict[str, Any]:
+    """A dependency's report, with every URL in it reduced to scheme://host[:port] (RPC and
+    IPFS URLs often carry API keys in their paths or userinfo)."""
     try:
-        return dict(await check())
+        report = dict(await check())
     except Exception as exc:
-        return {"status": "down", "message": f"{type(exc).__name__}: {exc}"}
+        report = {"status": "down", "message": f"{type(exc).__name__}: {exc}"}
+    return dict(redact_tree(report))
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthResponse)
 async def health(svc: Svc) -> JSONResponse:
     """Liveness: the process answers. Also says what it serves and how."""
     licensing = await _safe(svc.licensing.health)
@@ -39,14 +45,34 @@ async def health(svc: Svc) -> JSONResponse:
     )
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=LiveResponse)
 async def live() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/health/ready")
+@router.get(
+    "/health/ready",
+    response_model=ReadyResponse,
+    responses={
+        503: {
+            "model": ReadyResponse,
+            "description": "A required dependency is down (named), or the server is draining",
+        }
+    },
+)
 async def ready(svc: Svc) -> JSONResponse:
-    """Readiness: 200 when every required dependency answers; 503 naming the ones that don't."""
+    """Readiness: 200 when every required dependency answers; 503 naming the ones that don't,
+    and 503 ``draining`` once the process has been told to stop (SIGTERM): it finishes the
+    requests it has, and load balancers send no new ones."""
+    if svc.dataplane.admission.draining:
+        return JSONResponse(
+            {
+                "status": "draining",
+                "message": "the server is stopping: it finishes the requests it has received",
+                "models_loaded": len(svc.repository.models()),
+            },
+            status_code=503,
+        )
     deps = {
         "content_store": await _safe(svc.store.health),
         "licensing": await _safe(svc.licensing.health),

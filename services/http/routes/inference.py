@@ -1,26 +1,54 @@
-"""``/api/inference``: run a loaded model; and the raw-upload twin ``/api/models/{id}/predict``."""
+"""``/api/inference``: run a loaded model; and the raw-upload twin ``/api/models/{id}/predict``.
+
+Both take the same steps in the same order: the body, bounded by the body-size middleware;
+the caller (``caller_of``: a signed request is checked over the raw body); the model found
+and the license gate passed (``DataPlane.admit``); only then the payload decoded, in the
+preprocess pool (``DataPlane.offload``), never on the event loop; then the run. An unknown
+model or a caller without a license is answered before any of the payload is decoded.
+``/api/inference/execute`` names its model inside the JSON body, so that body is parsed
+(in the pool, without decoding ``input_data``) before the model is looked up.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
 import postprocessing
 import preprocessing
 from postprocessing import Options
+from preprocessing import Payload
 from services.dataplane.plane import InferenceResult
-from services.http.codecs import FORMATS, CodecLimits, decode_input
+from services.http.codecs import (
+    FORMATS,
+    URL_FORMAT,
+    CodecLimits,
+    decode_input,
+    inline_refs,
+    parse_execute_request,
+)
 from services.http.deps import Svc, caller_of
 from services.http.errors import BadRequest
+from services.http.limits import RATE_LIMIT
 from services.http.raw_tensor import CONTENT_TYPE as RAW_TENSOR
 from services.http.responses import JSONResponse
-from services.http.schemas import ErrorResponse, ExecuteRequest, ExecuteResponse
-from services.http.upload import upload_payload
+from services.http.routes.jobs import JobAccepted
+from services.http.routes.jobs import submit as submit_job
+from services.http.schemas import (
+    SIGNED_OR_OPEN,
+    ExecuteRequest,
+    ExecuteResponse,
+    FormatsResponse,
+    api_errors,
+)
+from services.http.upload import UploadLimits, decode_upload
+from services.http.url_input import fetch_image, url_policy
 from services.wiring import Services
 
 router = APIRouter(tags=["inference"])
-_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 415, 422, 503, 504)}
+_ERRORS = api_errors(400, 401, 403, 404, 413, 415, 422, 429, 503, 504)
+_ASYNC = {202: {"model": JobAccepted, "description": "execution_mode async: the job's id"}}
 
 
 def _check_top_k(svc: Services, top_k: int) -> None:
@@ -28,38 +56,73 @@ def _check_top_k(svc: Services, top_k: int) -> None:
         raise BadRequest(f"options.top_k is {top_k}; the limit is {svc.settings.max_top_k}")
 
 
+def reply_body(result: InferenceResult) -> dict[str, Any]:
+    """The reply's body (also an async job's ``result``)."""
+    return {
+        "success": True,
+        "model_id": result.model_id,
+        "predictions": result.predictions,
+        "details": result.details,
+        "metrics": result.times.as_metrics(),
+        "cache": result.cache,
+    }
+
+
 def _reply(result: InferenceResult) -> JSONResponse:
     """The reply; ``cache`` and the ``X-Cache`` header say hit, miss or bypass."""
-    return JSONResponse(
-        {
-            "success": True,
-            "model_id": result.model_id,
-            "predictions": result.predictions,
-            "details": result.details,
-            "metrics": result.times.as_metrics(),
-            "cache": result.cache,
+    return JSONResponse(reply_body(result), headers={"X-Cache": result.cache})
+
+
+async def _payload(svc: Services, req: ExecuteRequest) -> Payload:
+    """``input_data`` decoded in the preprocess pool, or (``url``) fetched, then an image."""
+    fmt, content = req.input_data.format, req.input_data.content
+    if fmt == URL_FORMAT:
+        return await fetch_image(content, url_policy(svc.settings))
+    limits = CodecLimits(svc.settings.max_base64_chars, svc.settings.max_tensor_elements)
+    return await svc.dataplane.offload(decode_input, fmt, content, limits)
+
+
+# The body is parsed by the route (off the event loop, after authentication), not by FastAPI;
+# the OpenAPI document still describes it.
+_EXECUTE_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": inline_refs(ExecuteRequest.model_json_schema())}
         },
-        headers={"X-Cache": result.cache},
-    )
+        "required": True,
+    }
+}
 
 
 @router.post(
     "/api/inference/execute",
     response_model=ExecuteResponse,
-    responses=_ERRORS,  # type: ignore[arg-type]
+    responses={**_ASYNC, **_ERRORS},
+    dependencies=[RATE_LIMIT],
+    openapi_extra={**_EXECUTE_BODY, **SIGNED_OR_OPEN},
 )
-async def execute(req: ExecuteRequest, request: Request, svc: Svc) -> JSONResponse:
-    """Run one input (base64 image, tensor or features) through a loaded model."""
-    _check_top_k(svc, req.options.top_k)
+async def execute(request: Request, svc: Svc) -> JSONResponse:
+    """Run one input (base64 image, URL of an image, tensor or features) through a loaded
+    model; with ``execution_mode: "async"``, answer 202 with a job id at once."""
+    body = await request.body()
     caller = await caller_of(svc, request)
-    limits = CodecLimits(svc.settings.max_base64_chars, svc.settings.max_tensor_elements)
-    payload = decode_input(req.input_data.format, req.input_data.content, limits)
-    result = await svc.dataplane.execute(
-        req.model_id,
-        payload,
-        Options(top_k=req.options.top_k, threshold=req.options.threshold),
-        caller=caller,
-        timeout_ms=req.options.timeout,
+    dataplane = svc.dataplane
+    req = await dataplane.offload(parse_execute_request, body)
+    _check_top_k(svc, req.options.top_k)
+    admitted = await dataplane.admit(req.model_id, caller)
+    payload = await _payload(svc, req)
+    options = Options(top_k=req.options.top_k, threshold=req.options.threshold)
+    if req.mode == "async":
+
+        async def work() -> dict[str, Any]:
+            done = await dataplane.execute_admitted(
+                admitted, payload, options, timeout_ms=req.options.timeout
+            )
+            return reply_body(done)
+
+        return await submit_job(svc, caller, work)
+    result = await dataplane.execute_admitted(
+        admitted, payload, options, timeout_ms=req.options.timeout
     )
     return _reply(result)
 
@@ -67,8 +130,10 @@ async def execute(req: ExecuteRequest, request: Request, svc: Svc) -> JSONRespon
 @router.post(
     "/api/models/{model_id}/predict",
     response_model=ExecuteResponse,
-    responses=_ERRORS,  # type: ignore[arg-type]
+    responses=_ERRORS,
+    dependencies=[RATE_LIMIT],
     openapi_extra={
+        **SIGNED_OR_OPEN,
         "requestBody": {
             "content": {
                 "image/*": {"schema": {"type": "string", "format": "binary"}},
@@ -83,7 +148,7 @@ async def execute(req: ExecuteRequest, request: Request, svc: Svc) -> JSONRespon
                 },
             },
             "required": True,
-        }
+        },
     },
 )
 async def predict_upload(
@@ -98,22 +163,19 @@ async def predict_upload(
     multipart ``file`` field: no base64 needed; or a tensor's raw bytes
     (``application/x-cidserve-tensor`` with ``X-Tensor-Dtype`` and ``X-Tensor-Shape``)."""
     _check_top_k(svc, top_k)
-    await request.body()  # read (bounded) once; form parsing and the authenticator reuse it
-    payload = await upload_payload(
-        request, svc.settings.max_body_bytes, svc.settings.max_tensor_elements
-    )
+    body = await request.body()  # read (bounded) once; the authenticator reuses it
     caller = await caller_of(svc, request)
-    result = await svc.dataplane.execute(
-        model_id,
-        payload,
-        Options(top_k=top_k, threshold=threshold),
-        caller=caller,
-        timeout_ms=timeout,
+    dataplane = svc.dataplane
+    admitted = await dataplane.admit(model_id, caller)
+    limits = UploadLimits(svc.settings.max_body_bytes, svc.settings.max_tensor_elements)
+    payload = await dataplane.offload(decode_upload, body, dict(request.headers), limits)
+    result = await dataplane.execute_admitted(
+        admitted, payload, Options(top_k=top_k, threshold=threshold), timeout_ms=timeout
     )
     return _reply(result)
 
 
-@router.get("/api/inference/formats")
+@router.get("/api/inference/formats", response_model=FormatsResponse)
 async def formats() -> JSONResponse:
     """Input formats, upload content types, and the registered pre/postprocessing kinds."""
     return JSONResponse(

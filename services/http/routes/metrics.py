@@ -18,7 +18,20 @@ from services.http.deps import Svc
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text format, or OpenMetrics when the Accept header "
+            "asks for application/openmetrics-text",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "application/openmetrics-text": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
 async def metrics(request: Request, svc: Svc) -> Response:
     """Prometheus exposition (OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -9,6 +9,12 @@ published model name, with ``/versions/{v}`` for its metadata version).
 Errors here have the protocol's shape, ``{"error": "<message>"}``, with the status the rest
 of the gateway would use for the same problem (400, 401, 403, 404, 413, 415, 422, 502, 503,
 504). Tensor encoding lives in :mod:`services.http.v2_codec`.
+
+An inference request is taken in this order: the body (bounded by the body-size middleware),
+the caller (a signed request is checked over the raw body), the model name resolved and the
+license gate passed (``DataPlane.admit``), and only then the body parsed and decoded, in the
+preprocess pool (``DataPlane.offload``), never on the event loop. An unknown model or a
+caller without a license gets its answer without the body being parsed.
 """
 
 from __future__ import annotations
@@ -27,20 +33,51 @@ from services.dataplane.plane import TensorRun
 from services.errors import DependencyUnavailable
 from services.http.deps import Svc, caller_of
 from services.http.errors import UnsupportedMediaType
+from services.http.limits import RATE_LIMIT
 from services.http.responses import JSONResponse
+from services.http.schemas import SIGNED_OR_OPEN
 from services.http.v2_codec import HEADER_LENGTH, InferRequest, V2Error, V2Limits, decode_request
 from services.http.v2_reply import OutputTensor, classification_strings, encode_response
+from services.http.v2_schemas import (
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+    infer_body,
+    v2_errors,
+)
 from services.wiring import Services
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "parameters"]
-# Bodies over this size are decoded and encoded in a worker thread, off the event loop.
+# Replies over this size are encoded in a worker thread, off the event loop.
 _INLINE_BYTES = 64 << 10
 _MAX_TIMEOUT_US = 3_600_000_000
 _UNSUPPORTED_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
 
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+
+# The metadata is read from the content store when the model is not in memory.
+_METADATA_ERRORS = v2_errors(404, 413, 422, 502, 503, 504)
+_READY_ERRORS = v2_errors(404, 503)
+_INFER_BODY = infer_body()
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The outputs: JSON, or JSON followed by binary tensor data "
+        "(Inference-Header-Content-Length gives the JSON part's length)",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "headers": {
+            HEADER_LENGTH: {
+                "description": "with binary outputs: the length of the JSON part",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    },
+    **v2_errors(400, 401, 403, 404, 413, 415, 429, 503, 504),
+}
 
 
 def _limits(svc: Services) -> V2Limits:
@@ -52,7 +89,7 @@ def _limits(svc: Services) -> V2Limits:
 
 
 async def _off_loop(size: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` inline for small bodies, in a worker thread for large ones."""
+    """``fn(*args)`` inline for small replies, in a worker thread for large ones."""
     if size <= _INLINE_BYTES:
         return fn(*args)
     return await asyncio.to_thread(fn, *args)
@@ -62,15 +99,17 @@ async def _off_loop(size: int, fn: Callable[..., Any], *args: Any) -> Any:
 # Health and metadata
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=V2Live)
 async def live() -> JSONResponse:
     """Liveness: the server answers."""
     return JSONResponse({"live": True})
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_model=V2Ready, responses=v2_errors(503))
 async def ready(svc: Svc) -> JSONResponse:
     """Readiness: 200 when the content store and the license backend answer; 503 otherwise."""
+    if svc.dataplane.admission.draining:
+        raise DependencyUnavailable("not ready: draining (the server is stopping)")
     down: list[str] = []
     for name, check in (("content_store", svc.store.health), ("licensing", svc.licensing.health)):
         try:
@@ -84,7 +123,7 @@ async def ready(svc: Svc) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-@router.get("")
+@router.get("", response_model=V2ServerMetadata)
 async def server_metadata() -> JSONResponse:
     """Server name, version and the protocol extensions it implements."""
     return JSONResponse({"name": "cidserve", "version": __version__, "extensions": EXTENSIONS})
@@ -108,13 +147,17 @@ def _tensor_metadata(name: str, dtype: str, shape: list[Any]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype_for(dtype), "shape": protocol_shape(shape)}
 
 
-@router.get("/models/{model}")
+@router.get("/models/{model}", response_model=V2ModelMetadata, responses=_METADATA_ERRORS)
 async def model_metadata(model: str, svc: Svc) -> JSONResponse:
     """Inputs and outputs with protocol datatypes (-1: a dynamic dimension)."""
     return await _model_metadata(svc, model, None)
 
 
-@router.get("/models/{model}/versions/{version}")
+@router.get(
+    "/models/{model}/versions/{version}",
+    response_model=V2ModelMetadata,
+    responses=_METADATA_ERRORS,
+)
 async def model_version_metadata(model: str, version: str, svc: Svc) -> JSONResponse:
     """The same, for the model whose metadata version is ``version``."""
     return await _model_metadata(svc, model, version)
@@ -126,14 +169,19 @@ async def _model_ready(svc: Services, model: str, version: str | None) -> JSONRe
     return JSONResponse({"name": model_id, "ready": True})
 
 
-@router.get("/models/{model}/ready")
+@router.get("/models/{model}/ready", response_model=V2ModelReady, responses=_READY_ERRORS)
 async def model_ready(model: str, svc: Svc) -> JSONResponse:
     """200 when the model is in the session cache; 503 when it was evicted; 404 unknown."""
     return await _model_ready(svc, model, None)
 
 
-@router.get("/models/{model}/versions/{version}/ready")
+@router.get(
+    "/models/{model}/versions/{version}/ready",
+    response_model=V2ModelReady,
+    responses=_READY_ERRORS,
+)
 async def model_version_ready(model: str, version: str, svc: Svc) -> JSONResponse:
+    """The same, for the model whose metadata version is ``version``."""
     return await _model_ready(svc, model, version)
 
 
@@ -187,14 +235,16 @@ async def _infer(svc: Services, request: Request, model: str, version: str | Non
             f"Content-Encoding {encoding!r} is not supported; send the body uncompressed"
         )
     body = await request.body()
-    req: InferRequest = await _off_loop(
-        len(body), decode_request, body, request.headers.get(HEADER_LENGTH), _limits(svc)
-    )
-    timeout_ms = _timeout_ms(req.parameters)
     caller = await caller_of(svc, request)
     model_id = await svc.repository.resolve_name(model, version)
+    dataplane = svc.dataplane
+    admitted = await dataplane.admit(model_id, caller)
+    req: InferRequest = await dataplane.offload(
+        decode_request, body, request.headers.get(HEADER_LENGTH), _limits(svc)
+    )
+    timeout_ms = _timeout_ms(req.parameters)
     feeds = {t.name: t.array for t in req.inputs}
-    run = await svc.dataplane.infer(model_id, feeds, caller=caller, timeout_ms=timeout_ms)
+    run = await dataplane.infer_admitted(admitted, feeds, timeout_ms=timeout_ms)
     outputs = await _outputs(svc, req, run)
     header: dict[str, Any] = {
         "model_name": run.model.model_id,
@@ -213,7 +263,13 @@ async def _infer(svc: Services, request: Request, model: str, version: str | Non
     )
 
 
-@router.post("/models/{model}/infer")
+@router.post(
+    "/models/{model}/infer",
+    dependencies=[RATE_LIMIT],
+    response_model=V2InferResponse,
+    responses=_INFER_RESPONSES,
+    openapi_extra={**_INFER_BODY, **SIGNED_OR_OPEN},
+)
 async def infer(model: str, request: Request, svc: Svc) -> Response:
     """Run the model: JSON tensors, or JSON followed by binary tensor data
     (``Inference-Header-Content-Length``). A BYTES input holding encoded images feeds an
@@ -222,6 +278,13 @@ async def infer(model: str, request: Request, svc: Svc) -> Response:
     return await _infer(svc, request, model, None)
 
 
-@router.post("/models/{model}/versions/{version}/infer")
+@router.post(
+    "/models/{model}/versions/{version}/infer",
+    dependencies=[RATE_LIMIT],
+    response_model=V2InferResponse,
+    responses=_INFER_RESPONSES,
+    openapi_extra={**_INFER_BODY, **SIGNED_OR_OPEN},
+)
 async def infer_version(model: str, version: str, request: Request, svc: Svc) -> Response:
+    """The same, for the model whose metadata version is ``version``."""
     return await _infer(svc, request, model, version)

@@ -1,7 +1,8 @@
 """``/v2/repository``: the Open Inference Protocol's model repository extension.
 
 Index, load and unload on the same model repository as ``/api/models``; the protocol's model
-name is the ``model_id`` (or the published name when loading by metadata CID).
+name is the ``model_id`` (or the published name when loading by metadata CID). Every route here
+is the control plane: it needs the operator (:mod:`services.http.control`).
 """
 
 from __future__ import annotations
@@ -9,16 +10,38 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from services.http.control import require_operator
 from services.http.deps import Svc
 from services.http.responses import JSONResponse
+from services.http.schemas import OPERATOR_ONLY
 from services.http.v2_codec import V2Error, parameters_of, parse_object
+from services.http.v2_schemas import (
+    V2IndexEntry,
+    V2IndexRequest,
+    V2LoadRequest,
+    V2LoadResponse,
+    V2UnloadRequest,
+    V2UnloadResponse,
+    json_body,
+    v2_errors,
+)
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+# The whole extension is the control plane: index, load and unload need the operator.
+router = APIRouter(
+    prefix="/v2",
+    tags=["open inference protocol (v2)"],
+    dependencies=[Depends(require_operator)],
+)
 
 
-@router.post("/repository/index")
+@router.post(
+    "/repository/index",
+    response_model=list[V2IndexEntry],
+    responses=v2_errors(400, 401, 413, 415),
+    openapi_extra={**OPERATOR_ONLY, **json_body(V2IndexRequest)},
+)
 async def repository_index(request: Request, svc: Svc) -> JSONResponse:
     """Every model this server has loaded: READY in memory, UNAVAILABLE once evicted.
     Body ``{"ready": true}``: only the ready ones."""
@@ -81,14 +104,19 @@ def _load_parameters(params: dict[str, Any]) -> tuple[str | None, int | None, bo
     return cid, token, warmup
 
 
-@router.post("/repository/models/{model}/load")
+@router.post(
+    "/repository/models/{model}/load",
+    response_model=V2LoadResponse,
+    responses=v2_errors(400, 401, 403, 404, 409, 413, 415, 422, 502, 503, 504),
+    openapi_extra={**OPERATOR_ONLY, **json_body(V2LoadRequest)},
+)
 async def repository_load(model: str, request: Request, svc: Svc) -> JSONResponse:
     """Load a model by ``parameters.metadataCid`` (optional ``tokenId``, ``warmup``), as
     ``POST /api/models/load`` does. ``{model}`` must be the model's published name or the
     model_id it gets. Without a CID, a model this server loaded before is loaded again."""
     doc = parse_object(await request.body(), "the load request")
     cid, token, warmup = _load_parameters(parameters_of(doc, "load request"))
-    outcome = await svc.repository.load_named(model, cid, token, warmup)
+    outcome = await svc.repository.load_named(model, cid, token, warmup, bind_name=True)
     m = outcome.model
     return JSONResponse(
         {
@@ -101,7 +129,12 @@ async def repository_load(model: str, request: Request, svc: Svc) -> JSONRespons
     )
 
 
-@router.post("/repository/models/{model}/unload")
+@router.post(
+    "/repository/models/{model}/unload",
+    response_model=V2UnloadResponse,
+    responses=v2_errors(400, 401, 404, 413, 415, 503),
+    openapi_extra={**OPERATOR_ONLY, **json_body(V2UnloadRequest)},
+)
 async def repository_unload(model: str, request: Request, svc: Svc) -> JSONResponse:
     """Unload as ``DELETE /api/models/{id}`` does: out of memory and out of the index (so it
     does not reload by itself); load it again by its metadata CID."""
