@@ -37,8 +37,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +49,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.harness import ServiceProcess, free_port  # noqa: E402
+from tests.models import slow_model  # noqa: E402
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
@@ -97,35 +98,6 @@ class Point:
 # -- the model -------------------------------------------------------------------------------
 
 
-def build_model(path: Path, *, width: int, rows: int, depth: int) -> Path:
-    """``x [1, width]`` -> expanded to ``rows`` rows -> ``depth`` MatMuls -> mean row."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = (np.eye(width, dtype=np.float32) * 0.5).astype(np.float32)
-    nodes = [helper.make_node("Expand", ["x", "rows_shape"], ["h_in"])]
-    prev = "h_in"
-    for i in range(depth):
-        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"h{i}"]))
-        prev = f"h{i}"
-    nodes.append(helper.make_node("ReduceMean", [prev], ["y"], axes=[0], keepdims=1))
-    graph = helper.make_graph(
-        nodes,
-        "overload",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
-        [
-            numpy_helper.from_array(w, "W"),
-            numpy_helper.from_array(np.array([rows, width], dtype=np.int64), "rows_shape"),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def publish(data_dir: Path, model_path: Path) -> str:
     """Publish into the gateway's embedded store; the metadata CID."""
     from registry.local_store import LocalContentStore
@@ -144,59 +116,22 @@ def infer_body(width: int) -> bytes:
 # -- the gateway -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def gateway(data_dir: Path, extra_env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """The gateway in its own process group on a free port; stopped on exit."""
-    import httpx
-
-    port = free_port()
+    """``cidserve serve`` in its own process group on a free port; stopped on exit."""
     env = {
-        **os.environ,
         "CIDSERVE_DATA_DIR": str(data_dir),
-        "CIDSERVE_PORT": str(port),
+        "CIDSERVE_PORT": str(free_port()),
         "CIDSERVE_HOST": HOST,
         "CIDSERVE_LOG_LEVEL": os.environ.get("CIDSERVE_LOG_LEVEL", "warning"),
         **extra_env,
     }
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://{HOST}:{port}"
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{log_path.read_text()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/health/live", timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.2)
-            yield base
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+    service = ServiceProcess([sys.executable, "-m", "services.cli", "serve"], env, log_path)
+    try:
+        service.wait_ready(timeout=START_TIMEOUT_S)
+        yield service.url
+    finally:
+        service.stop()
 
 
 def load_model(base: str, metadata_cid: str) -> str:
@@ -409,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         work = Path(tmp)
-        model = build_model(
+        model = slow_model(
             work / "overload.onnx", width=args.width, rows=args.rows, depth=args.depth
         )
         cid = publish(work / "data", model)

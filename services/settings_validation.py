@@ -9,6 +9,7 @@ This module knows no ``Settings`` class: ``services.settings`` imports it, never
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
@@ -83,9 +84,10 @@ def redis_url(v: str | None) -> str | None:
     return v
 
 
-def cid_list(v: object) -> tuple[str, ...]:
-    """Comma-separated CIDs (or a list of them), each canonical (CIDv1 base32), without
-    duplicates; blank entries are skipped, so an unset or blank value is the empty list."""
+def _entries(v: object, what: str, parse: Callable[[int, str], str | None]) -> tuple[str, ...]:
+    """A comma-separated setting (or a list) of ``what``: each entry passed through
+    ``parse(index, text)`` (None: skip it; raises naming the entry), without duplicates;
+    blank entries are skipped, so an unset or blank value is the empty list."""
     if v is None:
         return ()
     if isinstance(v, str):
@@ -93,22 +95,30 @@ def cid_list(v: object) -> tuple[str, ...]:
     elif isinstance(v, list | tuple | set | frozenset):
         items = list(v)
     else:
-        raise ValueError("must be a comma-separated list of CIDs")
-    from registry.unixfs import canonical_cid
-
+        raise ValueError(f"must be a comma-separated list of {what}")
     out: list[str] = []
     for i, item in enumerate(items, 1):
         if not isinstance(item, str):
-            raise ValueError(f"entry {i} is not a CID")
-        if not (text := item.strip()):
+            raise ValueError(f"entry {i} is not one of {what}")
+        if not item.strip():
             continue
+        entry = parse(i, item.strip())
+        if entry is not None and entry not in out:
+            out.append(entry)
+    return tuple(out)
+
+
+def cid_list(v: object) -> tuple[str, ...]:
+    """Comma-separated CIDs (or a list of them), each canonical (CIDv1 base32)."""
+    from registry.unixfs import canonical_cid
+
+    def parse(i: int, text: str) -> str:
         try:
-            cid = canonical_cid(text)
+            return canonical_cid(text)
         except ValueError:
             raise ValueError(f"entry {i} is not a CID") from None
-        if cid not in out:
-            out.append(cid)
-    return tuple(out)
+
+    return _entries(v, "CIDs", parse)
 
 
 MAX_TOKEN_FILE_BYTES = 4096
@@ -158,51 +168,29 @@ def admin_token_file(v: Path | None, info: ValidationInfo) -> Path | None:
 
 
 def origin_list(v: object) -> tuple[str, ...]:
-    """Comma-separated browser origins (``scheme://host[:port]``, or ``*``), without
-    duplicates; an unset or blank value is the empty list (CORS off)."""
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        items: list[object] = list(v.split(","))
-    elif isinstance(v, list | tuple | set | frozenset):
-        items = list(v)
-    else:
-        raise ValueError("must be a comma-separated list of origins")
-    out: list[str] = []
-    for i, item in enumerate(items, 1):
-        if not isinstance(item, str):
-            raise ValueError(f"entry {i} is not an origin")
-        if not (text := item.strip().rstrip("/")):
-            continue
-        if text != "*":
+    """Comma-separated browser origins (``scheme://host[:port]``, or ``*``); an unset or blank
+    value is the empty list (CORS off)."""
+
+    def parse(i: int, text: str) -> str | None:
+        text = text.rstrip("/")
+        if text and text != "*":
             parts = urlsplit(text)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"entry {i} must be * or an http(s)://host[:port] origin")
             if parts.path or parts.query or parts.fragment or parts.username:
                 raise ValueError(f"entry {i} must be an origin: scheme://host[:port], no path")
             _check_port(parts)
-        if text not in out:
-            out.append(text)
-    return tuple(out)
+        return text or None
+
+    return _entries(v, "origins", parse)
 
 
 def url_allow_list(v: object) -> tuple[str, ...]:
     """Comma-separated ``host[:port]`` entries (an IPv6 address in brackets), kept lower-case
     as ``host`` or ``host:port``; unset or blank: nothing is allowed past the address check."""
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        items: list[object] = list(v.split(","))
-    elif isinstance(v, list | tuple | set | frozenset):
-        items = list(v)
-    else:
-        raise ValueError("must be a comma-separated list of host[:port] entries")
-    out: list[str] = []
-    for i, item in enumerate(items, 1):
-        if not isinstance(item, str):
-            raise ValueError(f"entry {i} is not a host[:port]")
-        if not (text := item.strip().lower()):
-            continue
+
+    def parse(i: int, text: str) -> str:
+        text = text.lower()
         parts = urlsplit(f"//{text}")
         if (
             not parts.hostname
@@ -216,10 +204,9 @@ def url_allow_list(v: object) -> tuple[str, ...]:
             raise ValueError(f"entry {i} must be host[:port] (an IPv6 address in brackets)")
         _check_port(parts)
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        entry = host if parts.port is None else f"{host}:{parts.port}"
-        if entry not in out:
-            out.append(entry)
-    return tuple(out)
+        return host if parts.port is None else f"{host}:{parts.port}"
+
+    return _entries(v, "host[:port] entries", parse)
 
 
 def find_timeout(v: float, info: ValidationInfo) -> float:
@@ -242,29 +229,16 @@ def license_contract(v: str | None, info: ValidationInfo) -> str | None:
 
 
 def address_list(v: object) -> tuple[str, ...]:
-    """Comma-separated EVM addresses (or a list of them), kept lower-case without duplicates;
-    blank entries are skipped, so an unset or blank value is the empty list."""
-    if v is None:
-        return ()
-    if isinstance(v, str):
-        items: list[object] = list(v.split(","))
-    elif isinstance(v, list | tuple | set | frozenset):
-        items = list(v)
-    else:
-        raise ValueError("must be a comma-separated list of addresses")
-    out: list[str] = []
-    for i, item in enumerate(items, 1):
-        if not isinstance(item, str):
-            raise ValueError(f"entry {i} is not an address")
-        if not (text := item.strip()):
-            continue
+    """Comma-separated EVM addresses (or a list of them), kept lower-case."""
+
+    def parse(i: int, text: str) -> str:
         if not is_evm_address(text):
             raise ValueError(
                 f"entry {i} is not an address: 0x followed by 40 hex digits (EIP-55 case)"
             )
-        if text.lower() not in out:
-            out.append(text.lower())
-    return tuple(out)
+        return text.lower()
+
+    return _entries(v, "addresses", parse)
 
 
 def trusted_minters(v: frozenset[str], info: ValidationInfo) -> frozenset[str]:

@@ -5,7 +5,8 @@ own process group with ``--state <file>``: stopping it (SIGTERM) dumps the chain
 :meth:`Anvil.start` on the same port loads it back, so a test can take the RPC endpoint away
 and bring the same chain back. Accounts are fresh random keys funded with
 ``anvil_setBalance``; :func:`deploy_license` deploys ``services/chain/ModelLicense.json``.
-:func:`cid_spellings` writes one content's CID every way a publisher might.
+:func:`cid_spellings` writes one content's CID every way a publisher might;
+:func:`license_chain` is both in one ``with`` (what the tests' ``chain`` fixtures use).
 """
 
 from __future__ import annotations
@@ -16,17 +17,23 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from multiformats import CID
 
+from registry.local_store import LocalContentStore
 from services.chain.deploy import ChainClient
-from tests.harness import free_port
+from services.http.app import create_app
+from services.wiring import build_services
+from tests.conftest import Gateway, make_settings
+from tests.harness import ServerThread, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ANVIL_BIN = ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -168,3 +175,38 @@ def cid_spellings(cid: str) -> dict[str, str]:
         "raw": str(parsed.set(codec="raw")),
         "dag-cbor": str(parsed.set(codec="dag-cbor")),
     }
+
+
+@contextlib.contextmanager
+def license_chain(workdir: Path) -> Iterator[LicenseChain]:
+    """anvil on a free port with the license contract deployed; stopped on exit. Skips the
+    test when anvil is not installed (``npm ci``)."""
+    if anvil_binary() is None:
+        pytest.skip("anvil is not installed: run `npm ci`")
+    anvil = Anvil(workdir)
+    try:
+        anvil.start()
+        yield deploy_license(anvil)
+    finally:
+        anvil.close()
+
+
+@contextlib.contextmanager
+def chain_gateway(
+    workdir: Path, store: LocalContentStore, chain: LicenseChain, **overrides: Any
+) -> Iterator[Gateway]:
+    """A gateway whose settings name ``chain`` (RPC URL, contract, chain id), under uvicorn on
+    a free port, serving from ``store``; ``overrides`` are more settings."""
+    settings = make_settings(
+        workdir,
+        chain_rpc_url=chain.anvil.url,
+        license_contract=chain.contract,
+        chain_id=31337,
+        **{"chain_timeout_s": 2.0, **overrides},
+    )
+    services = build_services(settings, store=store)
+    with (
+        ServerThread(create_app(settings, services)) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as client,
+    ):
+        yield Gateway(srv.url, services, client)

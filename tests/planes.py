@@ -43,6 +43,28 @@ class Grants:
         return {"status": "ok"}
 
 
+class Holders:
+    """Licensing on, no chain: the addresses that hold a license to every token."""
+
+    name = "test-holders"
+    enabled = True
+
+    def __init__(self, holders: set[str]) -> None:
+        self.holders = {h.lower() for h in holders}
+
+    async def has_valid_license(self, caller: Caller, token_id: int) -> bool:
+        return caller.address.lower() in self.holders
+
+    async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
+        return None
+
+    async def token_of_content(self, metadata_cid: str) -> int | None:
+        return None  # no chain: the token a load names is the model's
+
+    async def health(self) -> dict[str, object]:
+        return {"status": "ok"}
+
+
 @pytest.fixture(scope="module")
 def unit_store(tmp_path_factory: pytest.TempPathFactory) -> LocalContentStore:
     return LocalContentStore(tmp_path_factory.mktemp("unit-store"))

@@ -11,8 +11,6 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -27,14 +25,13 @@ from services.chain.client import LicenseeAuth, sign_url
 from services.chain.deploy import ContentAlreadyMinted
 from services.chain.rpc import JsonRpcClient
 from services.errors import DependencyUnavailable, UntrustedToken
-from services.http.app import create_app
 from services.licensing import NoLicensing
 from services.settings import SettingsError, load_settings
 from services.state.kv import MemoryKV
 from services.wiring import build_services
-from tests.anvil import Anvil, LicenseChain, cid_spellings, deploy_license
+from tests.anvil import LicenseChain, chain_gateway, cid_spellings, license_chain
 from tests.conftest import CAT_LABELS, Gateway, make_settings
-from tests.harness import ServerThread, free_port
+from tests.harness import free_port
 from tests.models import linear_model
 
 NO_LICENSE = {
@@ -49,37 +46,20 @@ NO_LICENSE = {
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LicenseChain]:
-    anvil = Anvil(tmp_path_factory.mktemp("anvil"))
-    try:
-        anvil.start()
-        yield deploy_license(anvil)
-    finally:
-        anvil.close()
-
-
-@contextmanager
-def chain_gateway(workdir: Path, store: LocalContentStore, chain: LicenseChain, **overrides):
-    settings = make_settings(
-        workdir,
-        chain_rpc_url=chain.anvil.url,
-        license_contract=chain.contract,
-        chain_id=31337,
-        chain_timeout_s=1.0,
-        **overrides,
-    )
-    services = build_services(settings, store=store)
-    with (
-        ServerThread(create_app(settings, services)) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as client,
-    ):
-        yield Gateway(srv.url, services, client)
+    with license_chain(tmp_path_factory.mktemp("anvil")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def long_cache(workdir, store, chain) -> Iterator[Gateway]:
     """Licenses cached for 5 minutes (expiry still bounds them)."""
     with chain_gateway(
-        workdir, store, chain, license_cache_ttl_s=300, license_negative_cache_ttl_s=0.2
+        workdir,
+        store,
+        chain,
+        chain_timeout_s=1.0,
+        license_cache_ttl_s=300,
+        license_negative_cache_ttl_s=0.2,
     ) as gw:
         yield gw
 

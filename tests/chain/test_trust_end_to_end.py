@@ -25,7 +25,7 @@ from registry.publish import PublishResult, publish_model
 from services.chain.signing import sign_request
 from services.http.app import create_app
 from services.wiring import build_services
-from tests.anvil import Anvil, LicenseChain, deploy_license
+from tests.anvil import LicenseChain, chain_gateway, license_chain
 from tests.conftest import Gateway, make_settings
 from tests.harness import ServerThread
 from tests.models import linear_model
@@ -39,12 +39,8 @@ BEARER = {"authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LicenseChain]:
-    anvil = Anvil(tmp_path_factory.mktemp("anvil"))
-    try:
-        anvil.start()
-        yield deploy_license(anvil)
-    finally:
-        anvil.close()
+    with license_chain(tmp_path_factory.mktemp("anvil")) as running:
+        yield running
 
 
 def _publish(store: LocalContentStore, workdir: Path, seed: int, name: str) -> PublishResult:
@@ -100,21 +96,10 @@ def tokens(
 def gw(
     workdir: Path, store: LocalContentStore, chain: LicenseChain, tokens: dict[str, int]
 ) -> Iterator[Gateway]:
-    settings = make_settings(
-        workdir / "trust-gw",
-        chain_rpc_url=chain.anvil.url,
-        license_contract=chain.contract,
-        chain_id=31337,
-        chain_timeout_s=2.0,
-        admin_token=ADMIN,
-        prediction_cache=True,
-    )
-    services = build_services(settings, store=store)
-    with (
-        ServerThread(create_app(settings, services)) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as client,
-    ):
-        yield Gateway(srv.url, services, client)
+    with chain_gateway(
+        workdir / "trust-gw", store, chain, admin_token=ADMIN, prediction_cache=True
+    ) as gateway:
+        yield gateway
 
 
 # -- helpers -----------------------------------------------------------------------------------

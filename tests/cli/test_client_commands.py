@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from services import __version__
-from tests.client.support import ADMIN, chain_settings, license_chain, publish_linear, serve
+from tests.anvil import license_chain
+from tests.client.support import ADMIN, chain_settings, publish_linear, serve
 from tests.conftest import CAT_LABELS
 from tests.harness import free_port
 

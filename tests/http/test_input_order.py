@@ -23,39 +23,17 @@ from registry.publish import PublishResult, publish_model
 from services.chain.auth import SignatureAuthenticator
 from services.chain.client import sign_url
 from services.http.app import create_app
-from services.licensing import Caller
 from services.state.kv import MemoryKV
 from services.wiring import build_services
 from tests.conftest import Gateway, make_settings
 from tests.harness import ServerThread
 from tests.models import linear_model
+from tests.planes import Holders
 from tests.plugins.test_image_budget import MEASURED, peak_rss_growth, png
 
 HOLDER_KEY = "0x" + "33" * 32
 STRANGER_KEY = "0x" + "44" * 32
 TOKEN = 7
-
-
-class Holders:
-    """Licensing on, no chain: the addresses that hold a license to every token."""
-
-    name = "test-holders"
-    enabled = True
-
-    def __init__(self, holders: set[str]) -> None:
-        self.holders = {h.lower() for h in holders}
-
-    async def has_valid_license(self, caller: Caller, token_id: int) -> bool:
-        return caller.address.lower() in self.holders
-
-    async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
-        return None
-
-    async def token_of_content(self, metadata_cid: str) -> int | None:
-        return None
-
-    async def health(self) -> dict[str, object]:
-        return {"status": "ok"}
 
 
 def _address(key: str) -> str:
@@ -194,7 +172,8 @@ def test_a_30_mib_body_for_an_unknown_model_is_404_and_the_loop_keeps_answering(
             assert r.status_code == 404, r.text
             assert elapsed < 5, f"{path}: {elapsed:.2f} s"
             assert len(probe.latencies) >= 5
-            assert max(probe.latencies) < 0.1, (
+            # Parsing on the loop stalled it ~2 s; in a worker thread it only shares the GIL.
+            assert max(probe.latencies) < 0.25, (
                 f"{path}: /health waited {max(probe.latencies) * 1000:.0f} ms "
                 f"while a {len(payload) >> 20} MiB body was handled"
             )

@@ -20,12 +20,10 @@ import shutil
 import time
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
@@ -33,12 +31,9 @@ from eth_account.messages import encode_defunct
 from registry.local_store import LocalContentStore
 from registry.publish import PublishResult, publish_model
 from services.chain.signing import canonical_string, covered_headers
-from services.http.app import create_app
 from services.http.routes.playground import ASSETS
-from services.wiring import build_services
-from tests.anvil import Anvil, LicenseChain, anvil_binary, deploy_license
-from tests.conftest import CAT_LABELS, Gateway, make_settings
-from tests.harness import ServerThread
+from tests.anvil import LicenseChain, chain_gateway, license_chain
+from tests.conftest import CAT_LABELS, Gateway
 from tests.models import linear_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -399,31 +394,8 @@ window.ethereum = {
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LicenseChain]:
-    if anvil_binary() is None:
-        pytest.skip("anvil is not installed: run `npm ci`")
-    anvil = Anvil(tmp_path_factory.mktemp("anvil"))
-    try:
-        anvil.start()
-        yield deploy_license(anvil)
-    finally:
-        anvil.close()
-
-
-@contextmanager
-def licensed_gateway(workdir: Path, store: LocalContentStore, chain: LicenseChain):
-    settings = make_settings(
-        workdir,
-        chain_rpc_url=chain.anvil.url,
-        license_contract=chain.contract,
-        chain_id=31337,
-        chain_timeout_s=2.0,
-    )
-    services = build_services(settings, store=store)
-    with (
-        ServerThread(create_app(settings, services)) as srv,
-        httpx.Client(base_url=srv.url, timeout=60) as client,
-    ):
-        yield Gateway(srv.url, services, client)
+    with license_chain(tmp_path_factory.mktemp("anvil")) as running:
+        yield running
 
 
 def answer_signature(driver: Any, account: Any, index: int) -> str:
@@ -461,7 +433,7 @@ def test_licensed_model_is_signed_by_the_injected_wallet(
     token = int(chain.client().mint(published.metadata_cid).value)
     licensee = Account.create()
     chain.client().grant(token, licensee.address, chain.anvil.chain_time() + 3600)
-    with licensed_gateway(workdir, store, chain) as gw:
+    with chain_gateway(workdir, store, chain) as gw:
         r = gw.client.post(
             "/api/models/load",
             json={"metadataCid": published.metadata_cid, "tokenId": token, "warmup": False},

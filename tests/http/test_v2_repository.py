@@ -23,12 +23,12 @@ from registry.publish import PublishResult, publish_model
 from services.chain.auth import SignatureAuthenticator
 from services.chain.client import sign_url
 from services.http.app import create_app
-from services.licensing import Caller
 from services.state.kv import MemoryKV
 from services.wiring import build_services
 from tests.conftest import Gateway, make_settings
 from tests.harness import ServerThread
 from tests.models import linear_model, linear_weights, slow_model
+from tests.planes import Holders
 
 ELEM_TYPES = {
     "BOOL": (TensorProto.BOOL, np.bool_),
@@ -76,28 +76,6 @@ def sample(datatype: str) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.array([[info.min, info.max, 0], [1, 2, info.max - 1]], dtype=dtype)
     return rng.standard_normal((2, 3)).astype(dtype)
-
-
-class TokenHolders:
-    """A license backend that knows which addresses hold a license: licensing on, no chain."""
-
-    name = "test-holders"
-    enabled = True
-
-    def __init__(self, holders: set[str]) -> None:
-        self.holders = {h.lower() for h in holders}
-
-    async def has_valid_license(self, caller: Caller, token_id: int) -> bool:
-        return caller.address.lower() in self.holders
-
-    async def check_token_metadata(self, token_id: int, metadata_cid: str) -> None:
-        return None
-
-    async def token_of_content(self, metadata_cid: str) -> int | None:
-        return None  # no chain: the token a load names is the model's
-
-    async def health(self) -> dict[str, object]:
-        return {"status": "ok"}
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +306,7 @@ def licensed_gw(workdir: Path, store: LocalContentStore) -> Iterator[Gateway]:
         workdir,
         store,
         max_models=1,
-        licensing=TokenHolders({holder}),
+        licensing=Holders({holder}),
         authenticator=SignatureAuthenticator(MemoryKV()),
     )
 

@@ -140,10 +140,11 @@ async function loadModel(event) {
   const cid = $("load-cid").value.trim();
   const token = $("load-token").value.trim();
   if (!cid) {
-    setStatus("load-status", "Enter a metadata CID.", "error");
+    setStatus("load-status", "Enter a metadata CID or a NAME@latest reference.", "error");
     return;
   }
-  const request = { metadataCid: cid, warmup: true };
+  // NAME@latest, NAME@VERSION or NAME@LABEL: a reference to the operator's catalogue.
+  const request = cid.includes("@") ? { model: cid, warmup: true } : { metadataCid: cid, warmup: true };
   if (token) {
     if (!/^[0-9]+$/.test(token)) {
       setStatus("load-status", "The token id is a whole number.", "error");
