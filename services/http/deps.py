@@ -40,6 +40,16 @@ class RequestView:
         self.body = body
 
 
+def client_key(request: Request) -> str:
+    """The rate-limit bucket of the connection's client address."""
+    client = request.client
+    return "client:" + (client.host if client is not None else "unknown")
+
+
 async def caller_of(svc: Services, request: Request) -> Caller | None:
-    """The proven caller of ``request`` (None: it carries no identity)."""
-    return await svc.authenticator.authenticate(RequestView(request, await request.body()))
+    """The proven caller of ``request`` (None: it carries no identity). A proven signer is
+    charged to its own rate-limit bucket (services/http/limits.py charged the client's)."""
+    caller = await svc.authenticator.authenticate(RequestView(request, await request.body()))
+    if caller is not None and svc.limiter is not None:
+        await svc.limiter.check("signer:" + caller.address.lower())
+    return caller

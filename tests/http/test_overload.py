@@ -202,20 +202,43 @@ def _signed_infer(app: App, key: str, model_id: str) -> httpx.Response:
     return app.client.post(path, content=body, headers=headers)
 
 
-def test_signed_callers_have_their_own_buckets(
+def test_a_fresh_signing_key_per_request_gets_no_fresh_allowance(
+    workdir: Path, store: LocalContentStore, models: dict[str, PublishResult]
+) -> None:
+    settings = make_settings(workdir, rate_limit_rps=0.2, rate_limit_burst=2)
+    kv = MemoryKV()
+    with running_app(settings, store=store, kv=kv, authenticator=SignatureAuthenticator(kv)) as app:
+        model_id = _load(app, models["linear"])
+        assert _signed_infer(app, KEY_A, model_id).status_code == 200
+        assert _signed_infer(app, KEY_B, model_id).status_code == 200
+        # Keys cost nothing to make: a new signer from the same address is still charged to
+        # the address's bucket, and so is an unsigned request or a made-up address header.
+        assert _signed_infer(app, "0x" + "5e" * 32, model_id).status_code == 429
+        assert _infer(app, model_id).status_code == 429
+        assert _infer(app, model_id, **{"X-Cidserve-Address": "0x" + "cd" * 20}).status_code == 429
+
+
+def _forget_client_bucket(app: App) -> None:
+    """Forget the loopback client's bucket (a forgotten bucket starts full): the next request
+    is as if it came from another address."""
+    app.services.limiter.buckets._buckets.pop("client:127.0.0.1", None)
+
+
+def test_a_signers_allowance_is_its_own_whatever_its_address(
     workdir: Path, store: LocalContentStore, models: dict[str, PublishResult]
 ) -> None:
     settings = make_settings(workdir, rate_limit_rps=0.2, rate_limit_burst=1)
     kv = MemoryKV()
     with running_app(settings, store=store, kv=kv, authenticator=SignatureAuthenticator(kv)) as app:
         model_id = _load(app, models["linear"])
+        # The signer's bucket is spent by a first request; the address's bucket is refilled
+        # by hand (as if the next request came from elsewhere): still 429, for the signer.
         assert _signed_infer(app, KEY_A, model_id).status_code == 200
-        assert _signed_infer(app, KEY_A, model_id).status_code == 429
-        # Another signer from the same client address still has its allowance, and so
-        # does an unsigned client.
-        assert _signed_infer(app, KEY_B, model_id).status_code == 200
-        assert _infer(app, model_id).status_code == 200
-        assert _infer(app, model_id).status_code == 429
+        _forget_client_bucket(app)
+        again = _signed_infer(app, KEY_A, model_id)
+        assert again.status_code == 429, again.text
+        _forget_client_bucket(app)
+        assert _signed_infer(app, KEY_B, model_id).status_code == 200  # another signer
 
 
 def test_replicas_on_one_redis_share_each_callers_bucket(
