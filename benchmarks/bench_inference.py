@@ -140,8 +140,11 @@ def export_model(spec: ModelSpec, path: Path) -> None:
         raise RuntimeError(f"export of {spec.key} failed:\n{done.stdout}{done.stderr}")
 
 
-async def publish_all(store_dir: Path, models: list[tuple[ModelSpec, Path]]) -> list[Published]:
-    """Publish each exported model (with the ImageNet labels) into the store at ``store_dir``."""
+async def publish_all(
+    store_dir: Path, models: list[tuple[ModelSpec, Path]], cache_predictions: bool = False
+) -> list[Published]:
+    """Publish each exported model (with the ImageNet labels) into the store at ``store_dir``;
+    by default with ``cache_predictions: false``, so that every request runs the model."""
     from registry import export
     from registry.local_store import LocalContentStore
     from registry.publish import publish_model
@@ -159,7 +162,7 @@ async def publish_all(store_dir: Path, models: list[tuple[ModelSpec, Path]]) -> 
                 labels=labels,
                 preset=spec.preset,
                 task="classification",
-                cache_predictions=False,  # every request must run the model
+                cache_predictions=cache_predictions,
             )
             out.append(
                 Published(spec, path, result.metadata_cid, result.model_id, result.metadata, labels)
@@ -545,19 +548,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gateway(data_dir: Path, log_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """The gateway as its own process group on a free loopback port; killed on exit."""
+def gateway(
+    data_dir: Path, log_path: Path, settings: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """The gateway as its own process group on a free loopback port; killed on exit.
+
+    ``settings`` (``CIDSERVE_*`` variables) apply on top of the environment; without them the
+    log level is warning (unless set) and the prediction cache is off.
+    """
     import httpx
 
     port = free_port()
     env = dict(os.environ)
-    env.update(
-        CIDSERVE_DATA_DIR=str(data_dir),
-        CIDSERVE_PORT=str(port),
-        CIDSERVE_HOST=HOST,
-        CIDSERVE_LOG_LEVEL=env.get("CIDSERVE_LOG_LEVEL", "warning"),
-        CIDSERVE_PREDICTION_CACHE="false",
-    )
+    if settings is None:
+        settings = {
+            "CIDSERVE_LOG_LEVEL": env.get("CIDSERVE_LOG_LEVEL", "warning"),
+            "CIDSERVE_PREDICTION_CACHE": "false",
+        }
+    env.update(settings)
+    env.update(CIDSERVE_DATA_DIR=str(data_dir), CIDSERVE_PORT=str(port), CIDSERVE_HOST=HOST)
     log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve"],
@@ -746,7 +755,7 @@ def render_markdown(doc: dict[str, Any], points: list[Point]) -> str:
         f"other processes used > {NOISY_CORES} cores: at most {cfg['retries']} times); "
         f"top_k={TOP_K}; load generator: httpx, one keep-alive connection per worker thread",
         "- service settings: "
-        + ", ".join(f"{k}={srv[k]}" for k in _EXEC_SETTINGS if k in srv)
+        + ", ".join(f"{k}={srv[k]}" for k in EXEC_SETTINGS if k in srv)
         + f"; prediction cache {srv['prediction_cache']}; session provider: "
         f"{', '.join(sorted(set(doc['providers'].values())))}",
         "",
@@ -945,9 +954,10 @@ def run_group(
 # how a session is loaded, not how it runs (the optimized-graph cache), are left at None.
 _SESSION_SETTING = {"allow_spinning": "intra_op_spinning", "optimized_cache_dir": None}
 # Settings that shape how the gateway executes requests, reported with the results.
-_EXEC_SETTINGS = (
+EXEC_SETTINGS = (
     "execution_provider",
     "intra_op_threads",
+    "intra_op_threads_alone",
     "intra_op_spinning",
     "inference_workers",
     "preprocess_workers",
@@ -1124,7 +1134,7 @@ def run(args: argparse.Namespace) -> int:
             "top_k": TOP_K,
         },
         "server_settings": {
-            **{k: getattr(settings, k) for k in _EXEC_SETTINGS if hasattr(settings, k)},
+            **{k: getattr(settings, k) for k in EXEC_SETTINGS if hasattr(settings, k)},
             "session_config": {
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(session_config).items()

@@ -1,40 +1,38 @@
-"""Side-by-side benchmark: raw ONNX Runtime, cidserve, Seldon MLServer, BentoML and Ray Serve.
+"""Serving benchmark: cidserve against raw ONNX Runtime and against peer servers, on one photo.
 
-One command measures every contender on the same ONNX files and the same inputs, one contender
-after the other in the same run, and writes ``comparison.json``, ``comparison.md`` and one PNG
-per workload (latency and throughput against concurrency) to ``--out`` (``docs/benchmarks``).
+Contenders, one after the other in every round (``--rounds``, default 3):
 
-Workloads: EfficientNet-Lite0 (ImageNet weights) and ResNet-18 (random weights), exported by
-``cidserve export`` in a child process; inputs a 224x224 and a 1024x768 JPEG (real photos from
-``registry.samples``) and the float32 tensor the project's preprocessing makes of the 224x224
-JPEG (``tensor``), so every contender that takes tensors gets exactly the same numbers.
+* ``raw``: ONNX Runtime in this process: decode + the project's preprocessing
+  (``preprocessing.create``) + ``session.run``, on sessions built with plain
+  ``onnxruntime.SessionOptions`` (all graph optimisations, 1 inter-op thread). Latency: one
+  session of 2 intra-op threads, sequential. Throughput: the best of that session sequential and
+  two 1-thread sessions, each driven by its own thread.
+* ``cidserve``: ``cidserve serve`` with its defaults (embedded store, no chain, no Redis) as its
+  own process group on a free 127.0.0.1 port, prediction cache off; three paths: ``json``
+  (``POST /api/inference/execute``, base64 JPEG), ``jpeg`` (raw body to
+  ``POST /api/models/{id}/predict``) and ``v2`` (``POST /v2/models/{id}/infer``, the JPEG as a
+  BYTES tensor in binary tensor data, top-5 through the classification extension). Also: the
+  1024x768 JPEG via ``json`` at c=1, and a second cidserve with the prediction cache on,
+  answering the same 224x224 JSON body from its cache (c=1 and c=16).
+* every peer of ``peer_servers.NAMES``: the same photo, sent the peer's idiomatic way.
 
-Paths (what one request includes):
-
-* ``ort`` (JPEG inputs): decode + the project's preprocessing + ``session.run`` in this process,
-  with the service's session settings; ``ort`` (tensor): ``session.run`` alone. The limit.
-* ``cidserve-jpeg``: ``POST /api/models/{id}/predict`` with the JPEG as raw body; decode,
-  preprocess, run and top-5 postprocessing on the server.
-* ``cidserve-json``: ``POST /api/inference/execute`` with the JPEG as base64 in JSON.
-* ``cidserve-tensor``: ``POST /api/inference/execute`` with ``{"format": "tensor", ...}``
-  (base64 float32 bytes); run + top-5 on the server.
-* ``cidserve-v2``: ``POST /v2/models/{id}/infer`` with the tensor as V2 binary tensor data;
-  the raw output back as binary.
-* ``mlserver``, ``bentoml``, ``rayserve``: see ``peer_servers.py``; tensors only.
-
-Load: a closed loop per point: ``c`` worker threads, each with one keep-alive
-``http.client`` connection (the cheapest Python client: its CPU per request is reported so you
-can see it is not the bottleneck), send a request, read the whole answer, check it, send the
-next, for ``--duration`` s after ``--warmup`` s. Prediction caching is off on cidserve.
+Each server is started, measured and stopped in turn (a model load at start is not measured).
+Load: ``wrk`` with ``wrk_post.lua`` (1 thread at c=1, 2 above), a warm-up before each point;
+points at c=1 and c=16, and c=64 for cidserve; after every wrk run the harness waits for the
+server to finish what wrk left in flight. Before a contender's points one request from
+Python checks that its top-1 class is raw's. Every point records the CPU of the harness, wrk,
+the server and the rest of the machine, and the load average. Ratios to raw are taken within a
+round; the report gives medians over rounds. Outputs: ``serving.json`` and ``serving.md`` in
+``--out`` (``serving.partial.*`` when interrupted).
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/run_all.py --repeat 2 --duration 3 --warmup 1  # ~17 min
-    .venv/bin/python benchmarks/run_all.py            # everything once, 5 s points, ~14 min
-    .venv/bin/python benchmarks/run_all.py --quick    # CI smoke run: raw + cidserve, ~1 min
+    .venv/bin/python benchmarks/run_all.py                       # everything, 3 rounds
+    .venv/bin/python benchmarks/run_all.py --contenders raw,cidserve --rounds 1 --duration 2
+    .venv/bin/python benchmarks/run_all.py --quick --out /tmp/bench   # CI smoke run
 
-Exits 1 when any request of any contender failed or a contender disagrees on the top-1 class,
-2 on bad arguments, 130 when interrupted (partial results go to ``comparison.partial.*``).
+Exit status: 0; 1 when a request failed or a top-1 class differed from raw's; 2 on bad
+arguments or without ``wrk``; 130 when interrupted (partial results written).
 """
 
 from __future__ import annotations
@@ -44,16 +42,24 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import functools
-import http.client
+import hashlib
+import importlib.metadata
+import itertools
 import json
 import os
+import resource
 import shutil
 import signal
+import struct
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,91 +70,99 @@ sys.path.insert(0, str(HERE))
 
 import bench_inference as bi  # noqa: E402
 import peer_servers  # noqa: E402
+import serving_report as sr  # noqa: E402
 
-HOST = bi.HOST
+WRK_SCRIPT = HERE / "wrk_post.lua"
+WRK_MARK = "WRK_JSON "
+WRK_REQUEST_TIMEOUT_S = 30
+CHECK_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 120.0
+IDLE_WINDOW_S = 0.3
+IDLE_CORES = 0.15
 TOP_K = 5
-IMAGE_INPUTS = ("224x224", "1024x768")
-TENSOR = "tensor"
-CIDSERVE_PATHS = {
-    "cidserve-jpeg": IMAGE_INPUTS,
-    "cidserve-json": IMAGE_INPUTS,
-    "cidserve-tensor": (TENSOR,),
-    "cidserve-v2": (TENSOR,),
-}
-CONTENDERS = ("ort", "cidserve", *peer_servers.NAMES)
+CONTENDERS = (sr.RAW, sr.CIDSERVE, *peer_servers.NAMES)
+INPUTS = (sr.SMALL, sr.LARGE)
 
 
-# --------------------------------------------------------------------------- load generator
+def log(msg: str) -> None:
+    bi.log(msg)
 
 
-Check = Callable[[bytes], tuple[int, dict[str, float] | None]]  # -> (top-1 index, stages)
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
-def http_factory(
-    port: int, path: str, body: bytes, headers: dict[str, str], check: Check
-) -> Callable[[], bi.Caller]:
-    """Callers for ``bi.closed_loop``: one keep-alive ``http.client`` connection per worker."""
-    conns: list[http.client.HTTPConnection] = []
-
-    def make() -> bi.Caller:
-        box: list[http.client.HTTPConnection | None] = [None]
-
-        def call() -> bi.Sample:
-            t0 = time.perf_counter()
-            try:
-                conn = box[0]
-                if conn is None:
-                    conn = box[0] = http.client.HTTPConnection(
-                        HOST, port, timeout=bi.REQUEST_TIMEOUT_S
-                    )
-                    conns.append(conn)
-                conn.request("POST", path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                if box[0] is not None:
-                    box[0].close()
-                box[0] = None
-                return bi.Sample(time.perf_counter() - t0, False, error=type(exc).__name__)
-            latency = time.perf_counter() - t0
-            if resp.status != 200:
-                return bi.Sample(latency, False, error=f"HTTP {resp.status}")
-            try:
-                _, stages = check(data)
-            except Exception as exc:  # a reply we cannot read is an error of the contender
-                return bi.Sample(latency, False, error=f"bad reply ({type(exc).__name__})")
-            return bi.Sample(latency, True, stages)
-
-        return call
-
-    make.clients = conns  # type: ignore[attr-defined]
-    return make
+# --------------------------------------------------------------------------- wrk
 
 
-def _check_api(labels: list[str]) -> Check:
-    import orjson
+@dataclass(frozen=True, slots=True)
+class WrkResult:
+    requests: int
+    duration_s: float
+    errors: dict[str, int]
+    latency_ms: dict[str, float]
 
-    def check(data: bytes) -> tuple[int, dict[str, float] | None]:
-        reply = orjson.loads(data)
-        if reply.get("success") is not True:
-            raise ValueError("success is not true")
-        if reply.get("cache") == "hit":
-            raise ValueError("prediction cache hit")
-        return labels.index(reply["predictions"][0]["class"]), reply.get("metrics")
-
-    return check
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
 
-PEER_TOKENS: dict[int, str] = {}  # server pid -> BENCH_PEER_TOKEN of everything it started
+def parse_wrk(stdout: str) -> WrkResult:
+    """The summary ``wrk_post.lua`` prints in ``done()`` (the last ``WRK_JSON`` line)."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(WRK_MARK):
+            doc = json.loads(line[len(WRK_MARK) :])
+            return WrkResult(
+                requests=int(doc["requests"]),
+                duration_s=doc["duration_us"] / 1e6,
+                errors=_error_kinds(doc["errors"], doc.get("statuses", {})),
+                latency_ms={k: float(v) for k, v in doc["latency_ms"].items()},
+            )
+    raise ValueError(f"wrk printed no {WRK_MARK.strip()} line:\n{stdout[-2000:]}")
 
 
-def tree_cpu_s(root: int) -> float | None:
-    """utime + stime of ``root``'s process group, of every descendant of ``root`` and of every
-    process carrying the peer's token (``PEER_TOKENS``).
+def _error_kinds(errors: dict[str, int], statuses: dict[str, int]) -> dict[str, int]:
+    """wrk's socket errors, and its ``status`` errors (replies of status 400 and above) split
+    by status code, e.g. ``{"connect": 0, ..., "HTTP 503": 4}``."""
+    kinds = {k: int(v) for k, v in errors.items() if k != "status"}
+    by_code = {f"HTTP {code}": int(n) for code, n in sorted(statuses.items())}
+    kinds.update(by_code)
+    unexplained = int(errors.get("status", 0)) - sum(by_code.values())
+    if unexplained:
+        kinds["status"] = unexplained
+    return kinds
 
-    BentoML (circus) and Ray (raylet and its workers) run workers in sessions of their own,
-    so the process group alone would miss them; this replaces ``bench_inference.group_cpu_s``.
-    """
+
+def wrk_command(
+    url: str, headers: dict[str, str], body_file: Path, concurrency: int, seconds: int
+) -> list[str]:
+    threads = 1 if concurrency == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s"]
+    cmd += ["--timeout", f"{WRK_REQUEST_TIMEOUT_S}s", "-s", str(WRK_SCRIPT)]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    return [*cmd, url, "--", str(body_file)]
+
+
+def run_wrk(cmd: list[str], seconds: int) -> WrkResult:
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=seconds + WRK_REQUEST_TIMEOUT_S + 15,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr[-1000:]}")
+    return parse_wrk(done.stdout)
+
+
+# --------------------------------------------------------------------------- CPU accounting
+
+
+def tree_cpu_s(root: int, others: Iterable[int] = ()) -> float | None:
+    """utime + stime of ``root``'s process group, of every descendant of ``root`` and of the
+    processes ``others`` (a peer's daemons outside its group); None once ``root`` is gone."""
     stats: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, pgid, ticks)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -165,8 +179,7 @@ def tree_cpu_s(root: int) -> float | None:
     for pid, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
     seen = {pid for pid, (_, pgid, _) in stats.items() if pgid == root}
-    if root in PEER_TOKENS:
-        seen.update(p for p in peer_servers.pids_with_token(PEER_TOKENS[root]) if p in stats)
+    seen.update(pid for pid in others if pid in stats)
     todo = [root]
     while todo:
         pid = todo.pop()
@@ -175,624 +188,590 @@ def tree_cpu_s(root: int) -> float | None:
     return sum(stats[pid][2] for pid in seen) / os.sysconf("SC_CLK_TCK")
 
 
-bi.group_cpu_s = tree_cpu_s
+def children_cpu_s() -> float:
+    """CPU of the finished child processes (wrk)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-# --------------------------------------------------------------------------- contenders
-
-
-@dataclasses.dataclass(slots=True)
-class Series:
-    """One (contender path, model, input) to measure at every concurrency."""
-
-    model: str
-    input: str
-    path: str
-    factory: Callable[[], Callable[[], bi.Caller]]  # builds the caller factory lazily
-    server_pid: int | None
-    top1: Callable[[], int]
-
-
-def ort_tensor_caller(raw: bi.RawModel, tensor: np.ndarray) -> Callable[[], bi.Caller]:
-    import onnxruntime as ort
-
-    name = raw.session.get_inputs()[0].name
-    run, outs = raw.session.run, raw.output_names
-
-    def make() -> bi.Caller:
-        feeds = {name: tensor}
-
-        def call() -> bi.Sample:
-            t0 = time.perf_counter()
-            try:
-                run(outs, feeds, ort.RunOptions())
-            except Exception as exc:
-                return bi.Sample(time.perf_counter() - t0, False, error=type(exc).__name__)
-            dt = time.perf_counter() - t0
-            return bi.Sample(dt, True, {"inference_time_ms": dt * 1000})
-
-        return call
-
-    return make
-
-
-def cidserve_request(
-    path: str,
-    model_id: str,
-    jpeg: bytes | None,
-    tensor: np.ndarray | None,
-    input_name: str,
-    output_name: str,
-    labels: list[str],
-) -> tuple[str, bytes, dict[str, str], Check]:
-    import orjson
-
-    if path == "cidserve-jpeg":
-        assert jpeg is not None
-        return (
-            f"/api/models/{model_id}/predict?top_k={TOP_K}",
-            jpeg,
-            {"content-type": "image/jpeg"},
-            _check_api(labels),
-        )
-    if path == "cidserve-json":
-        assert jpeg is not None
-        doc = {
-            "model_id": model_id,
-            "input_data": {"format": "base64_jpeg", "content": base64.b64encode(jpeg).decode()},
-            "options": {"top_k": TOP_K},
-        }
-        return (
-            "/api/inference/execute",
-            orjson.dumps(doc),
-            {"content-type": "application/json"},
-            _check_api(labels),
-        )
-    assert tensor is not None
-    if path == "cidserve-tensor":
-        doc = {
-            "model_id": model_id,
-            "input_data": {
-                "format": "tensor",
-                "content": {
-                    "data": base64.b64encode(tensor.astype("<f4").tobytes()).decode(),
-                    "dtype": "float32",
-                    "shape": list(tensor.shape),
-                },
-            },
-            "options": {"top_k": TOP_K},
-        }
-        return (
-            "/api/inference/execute",
-            orjson.dumps(doc),
-            {"content-type": "application/json"},
-            _check_api(labels),
-        )
-    raw = tensor.astype("<f4").tobytes()
-    head = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": input_name,
-                    "shape": list(tensor.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
-        }
-    )
-    headers = {
-        "content-type": "application/octet-stream",
-        "inference-header-content-length": str(len(head)),
-    }
-    return f"/v2/models/{model_id}/infer", head + raw, headers, _v2_reply_check
-
-
-def _v2_reply_check(data: bytes) -> tuple[int, dict[str, float] | None]:
-    # The JSON header is the longest prefix that parses; the reply's own header length
-    # is not visible to a check on the body alone, so find the end of the JSON object.
-    depth = 0
-    end = 0
-    in_str = False
-    esc = False
-    for i, ch in enumerate(data):
-        c = chr(ch)
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-            continue
-        if c == '"':
-            in_str = True
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                end = i + 1
-                break
-    head = json.loads(data[:end])
-    size = head["outputs"][0]["parameters"]["binary_data_size"]
-    values = np.frombuffer(data[end : end + size], dtype="<f4")
-    return int(np.argmax(values)), None
-
-
-# --------------------------------------------------------------------------- run
-
-
-def measure_series(
-    args: argparse.Namespace, series: Series, alive: Callable[[], None]
-) -> list[bi.Point]:
-    make = series.factory()
-    points: list[bi.Point] = []
-    try:
-        for conc in args.concurrency:
-            if args.warmup > 0:
-                bi.closed_loop(make, conc, args.warmup)
-            if args.wait_quiet > 0:
-                bi.wait_for_quiet(args.wait_quiet)
-            window = bi.measure_window(make, conc, args.duration, series.server_pid)
-            alive()
-            point = bi.summarise(bi.Point(series.model, series.input, series.path, conc), [window])
-            lat = point.latency_ms
-            bi.log(
-                f"  {series.model:<18} {series.input:<9} {series.path:<16} c={conc:<2} "
-                f"{point.throughput_rps:8.1f} req/s  p50 {bi._f(lat.get('p50'), 2)} "
-                f"p99 {bi._f(lat.get('p99'), 2)} ms  errors {point.errors}  "
-                f"client {bi._f(point.bench_cpu_cores, 2)} cores  "
-                f"other {bi._f(point.other_cpu_cores, 2)}"
-            )
-            points.append(point)
-    finally:
-        for conn in getattr(make, "clients", []):
-            conn.close()
-    return points
-
-
-def loadavg() -> list[float]:
+def load_average() -> list[float]:
     try:
         return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except OSError:
         return []
 
 
-def run(args: argparse.Namespace) -> int:
-    from services.runtime.options import SessionConfig
+@dataclass(slots=True)
+class Meter:
+    """The CPU of the harness, wrk, the server and the rest of the machine over one point."""
+
+    server_cpu: Callable[[], float | None]
+    wall: float = 0.0
+    machine: tuple[float, float] | None = None
+    harness: float = 0.0
+    client: float = 0.0
+    server: float | None = None
+
+    @classmethod
+    def start(cls, server_cpu: Callable[[], float | None]) -> Meter:
+        """``server_cpu``: the CPU seconds the server has used so far."""
+        meter = cls(server_cpu)
+        meter.server = server_cpu()
+        meter.machine = bi.machine_cpu()
+        meter.harness = time.process_time()
+        meter.client = children_cpu_s()
+        meter.wall = time.perf_counter()
+        return meter
+
+    def stop(self) -> tuple[dict[str, float | None], float | None]:
+        """(cores by whom, the 1-minute load average)."""
+        wall = time.perf_counter() - self.wall
+        harness = time.process_time() - self.harness
+        client = children_cpu_s() - self.client
+        end = self.server_cpu()
+        server = end - self.server if end is not None and self.server is not None else None
+        machine = bi.machine_cpu()
+        other = None
+        if self.machine and machine and wall > 0:
+            busy = (machine[0] - self.machine[0]) / os.sysconf("SC_CLK_TCK")
+            other = max(busy - harness - client - (server or 0.0), 0.0) / wall
+        cores = {
+            "harness": harness / wall,
+            "client": client / wall,
+            "server": None if server is None else server / wall,
+            "other": other,
+        }
+        load = load_average()
+        return {k: None if v is None else round(v, 3) for k, v in cores.items()}, (
+            load[0] if load else None
+        )
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """One request from Python: (status, headers with lower-case names, body)."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=CHECK_TIMEOUT_S) as resp:
+            return int(resp.status), _lower(resp.headers.items()), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), _lower(exc.headers.items()), exc.read()
+
+
+def _lower(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers}
+
+
+def _top1_api(reply: bytes) -> int:
+    return int(json.loads(reply)["predictions"][0]["class_id"])
+
+
+def _top1_v2_classification(reply: bytes) -> int:
+    """The classification extension's best element, ``"<value>:<index>:<label>"``."""
+    return int(json.loads(reply)["outputs"][0]["data"][0].split(":")[1])
+
+
+def cidserve_request(
+    path: str, model_id: str, jpeg: bytes, input_name: str, output_name: str
+) -> peer_servers.Request:
+    """The request of one of cidserve's paths (``json``, ``jpeg``, ``v2``) carrying ``jpeg``."""
+    if path == "json":
+        doc = {
+            "model_id": model_id,
+            "input_data": {"format": "base64_jpeg", "content": base64.b64encode(jpeg).decode()},
+            "options": {"top_k": TOP_K},
+        }
+        return peer_servers.Request(
+            "/api/inference/execute",
+            json.dumps(doc).encode(),
+            {"Content-Type": "application/json"},
+            _top1_api,
+        )
+    if path == "jpeg":
+        return peer_servers.Request(
+            f"/api/models/{model_id}/predict?top_k={TOP_K}",
+            jpeg,
+            {"Content-Type": "image/jpeg"},
+            _top1_api,
+        )
+    element = struct.pack("<I", len(jpeg)) + jpeg
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"classification": TOP_K}}],
+        }
+    ).encode()
+    return peer_servers.Request(
+        f"/v2/models/{model_id}/infer",
+        head + element,
+        {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        },
+        _top1_v2_classification,
+    )
+
+
+# --------------------------------------------------------------------------- raw
+
+
+@dataclass(slots=True)
+class RawSet:
+    """One model's in-process sessions: one of 2 intra-op threads, two of 1."""
+
+    sequential: bi.RawModel
+    parallel: tuple[bi.RawModel, bi.RawModel]
+
+
+def plain_session(onnx_path: Path, intra_op_threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+
+
+def raw_model(pub: bi.Published, intra_op_threads: int) -> bi.RawModel:
+    import postprocessing
+    import preprocessing
+
+    session = plain_session(pub.onnx_path, intra_op_threads)
+    return bi.RawModel(
+        session=session,
+        provider="CPUExecutionProvider",
+        output_names=[o.name for o in session.get_outputs()],
+        preprocessor=preprocessing.create(pub.metadata, preprocessing.Limits()),
+        postprocessor=postprocessing.create(pub.metadata, pub.labels),
+    )
+
+
+def samples_point(
+    base: sr.Point, samples: list[bi.Sample], wall: float, cores: dict[str, float | None]
+) -> sr.Point:
+    ok = np.array([s.latency_s * 1000 for s in samples if s.ok])
+    base.requests = len(samples)
+    base.duration_s = round(wall, 3)
+    base.rps = round(len(ok) / wall, 2) if wall > 0 else 0.0
+    base.errors = dict(Counter(s.error or "error" for s in samples if not s.ok))
+    if ok.size:
+        base.latency_ms = {
+            **{f"p{q}": round(float(np.percentile(ok, q)), 3) for q in (50, 90, 99)},
+            "mean": round(float(ok.mean()), 3),
+            "max": round(float(ok.max()), 3),
+        }
+    base.cores = cores
+    return base
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(slots=True)
+class Bench:
+    """Everything one run shares across rounds and contenders."""
+
+    args: argparse.Namespace
+    work: Path
+    published: list[bi.Published] = field(default_factory=list)
+    cached: list[bi.Published] = field(default_factory=list)  # cache_predictions: true
+    jpegs: dict[str, bytes] = field(default_factory=dict)
+    raw: dict[str, RawSet] = field(default_factory=dict)
+    expected: dict[tuple[str, str], int] = field(default_factory=dict)  # raw's top-1 index
+    points: list[sr.Point] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    peer_failures: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+
+    def body_file(self, body: bytes) -> Path:
+        path = self.work / "bodies" / hashlib.sha256(body).hexdigest()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+        return path
+
+    def check(
+        self,
+        contender: str,
+        path: str,
+        model: str,
+        input_: str,
+        url: str,
+        req: peer_servers.Request,
+    ) -> dict[str, str] | None:
+        """One request from Python: its reply must be a 200 with raw's top-1 class. The reply's
+        headers, or None (recorded as a failure) when it is not."""
+        expected = self.expected[(model, input_)]
+        what = f"{contender} {path} {model}/{input_}"
+        try:
+            status, headers, body = post(url, req.body, req.headers)
+            top1 = req.top1(body) if status == 200 else None
+        except Exception as exc:  # no answer, or one that is not a classification
+            status, headers, top1 = 0, {}, None
+            body = f"{type(exc).__name__}: {exc}".encode()
+        problem = None
+        if status != 200:
+            problem = f"HTTP {status} {body[:200]!r}"
+        elif top1 != expected:
+            problem = f"top-1 {top1}, raw says {expected}"
+        self.checks.append(
+            {"what": what, "status": status, "top1": top1, "expected": expected, "ok": not problem}
+        )
+        if problem:
+            self.failures.append(f"{what}: {problem}")
+            return None
+        return headers
+
+    def record(self, point: sr.Point) -> None:
+        self.points.append(point)
+        lat = point.latency_ms
+        log(
+            f"  r{point.round} {point.model:<18} {point.contender:<18} {point.path:<10} "
+            f"{point.input:<8} c={point.concurrency:<2} {point.rps:8.1f} req/s  "
+            f"p50 {_num(lat.get('p50'))} p99 {_num(lat.get('p99'))} ms  "
+            f"errors {point.error_count}  other {_num(point.cores.get('other'))} cores"
+            + ("  (disturbed)" if point.disturbed else "")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A started server: its process, its log, and the processes it started outside its
+    process group and its tree (a peer's daemons), whose CPU counts as the server's."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    outsiders: Callable[[], list[int]] = list
+
+    def cpu_s(self) -> float | None:
+        return tree_cpu_s(self.proc.pid, self.outsiders())
+
+    def wait_idle(self) -> None:
+        """Wait until the server has finished the requests wrk left in flight when it stopped
+        (servers do not drop work when a client goes away): until it uses under
+        ``IDLE_CORES`` over ``IDLE_WINDOW_S``, for at most ``DRAIN_TIMEOUT_S``."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            before = self.cpu_s()
+            time.sleep(IDLE_WINDOW_S)
+            after = self.cpu_s()
+            if before is None or after is None or after - before < IDLE_CORES * IDLE_WINDOW_S:
+                return
+        log(f"  the server still works {DRAIN_TIMEOUT_S:.0f} s after wrk stopped; going on")
+
+
+def measure_http(
+    bench: Bench,
+    point: sr.Point,
+    url: str,
+    req: peer_servers.Request,
+    server: Running,
+) -> None:
+    """One wrk point (after a warm-up that is not counted) against a running server."""
+    body = bench.body_file(req.body)
+    args = bench.args
+    if args.warmup:
+        run_wrk(wrk_command(url, req.headers, body, point.concurrency, args.warmup), args.warmup)
+        server.wait_idle()
+    meter = Meter.start(server.cpu_s)
+    result = run_wrk(
+        wrk_command(url, req.headers, body, point.concurrency, args.duration), args.duration
+    )
+    point.cores, point.load_average = meter.stop()
+    server.wait_idle()
+    point.requests = result.requests
+    point.duration_s = round(result.duration_s, 3)
+    point.rps = round(result.rps, 2)
+    point.errors = result.errors
+    point.latency_ms = result.latency_ms
+    bench.record(point)
+    if server.proc.poll() is not None:
+        raise RuntimeError(
+            f"{point.contender} exited with {server.proc.returncode}:\n"
+            + peer_servers.tail(server.log_path)
+        )
+
+
+def measure_series(
+    bench: Bench,
+    round_: int,
+    names: tuple[str, str, str, str],
+    base: str,
+    req: peer_servers.Request,
+    concurrency: tuple[int, ...],
+    server: Running,
+) -> None:
+    """The top-1 check, then a point at each concurrency."""
+    model, contender, path, input_ = names
+    if bench.check(contender, path, model, input_, base + req.path, req) is None:
+        return
+    for c in concurrency:
+        point = sr.Point(round_, model, contender, path, input_, c, 0, 0.0, 0.0)
+        measure_http(bench, point, base + req.path, req, server)
+
+
+def raw_round(bench: Bench, round_: int) -> None:
+    jpeg = bench.jpegs[sr.SMALL]
+    for key, raw in bench.raw.items():
+        for path, models in (
+            (sr.RAW_SEQUENTIAL, (raw.sequential,)),
+            (sr.RAW_PARALLEL, raw.parallel),
+        ):
+            make = itertools.cycle([m.caller(jpeg) for m in models]).__next__
+            if bench.args.warmup:
+                bi.closed_loop(make, len(models), bench.args.warmup)
+            meter = Meter.start(lambda: None)
+            samples, wall = bi.closed_loop(make, len(models), bench.args.duration)
+            cores, load = meter.stop()
+            point = sr.Point(round_, key, sr.RAW, path, sr.SMALL, len(models), 0, 0.0, 0.0)
+            point.load_average = load
+            bench.record(samples_point(point, samples, wall, cores))
+
+
+def io_names(raw: RawSet) -> tuple[str, str]:
+    session = raw.sequential.session
+    return session.get_inputs()[0].name, raw.sequential.output_names[0]
+
+
+def cidserve_round(bench: Bench, round_: int) -> None:
+    settings = {"CIDSERVE_PREDICTION_CACHE": "false"}
+    log_path = bench.work / f"cidserve-{round_}.log"
+    with bi.gateway(bench.work / "data", log_path, settings) as (base, proc):
+        server = Running(proc, log_path)
+        for pub in bench.published:
+            bi.load_over_http(base, pub)
+        for pub in bench.published:
+            key = pub.spec.key
+            names = io_names(bench.raw[key])
+            for path in sr.CIDSERVE_PATHS:
+                req = cidserve_request(path, pub.model_id, bench.jpegs[sr.SMALL], *names)
+                concurrency = bench.args.cidserve_concurrency
+                measure_series(
+                    bench,
+                    round_,
+                    (key, sr.CIDSERVE, path, sr.SMALL),
+                    base,
+                    req,
+                    concurrency,
+                    server,
+                )
+            if sr.LARGE in bench.jpegs:
+                req = cidserve_request("json", pub.model_id, bench.jpegs[sr.LARGE], *names)
+                measure_series(
+                    bench, round_, (key, sr.CIDSERVE, "json", sr.LARGE), base, req, (1,), server
+                )
+
+
+def cache_round(bench: Bench, round_: int) -> None:
+    """A cidserve with the prediction cache on: the first reply a miss, then only hits."""
+    pub = bench.cached[0]
+    key = pub.spec.key
+    log_path = bench.work / f"cidserve-cache-{round_}.log"
+    with bi.gateway(bench.work / "data-cache", log_path, {}) as (base, proc):
+        server = Running(proc, log_path)
+        bi.load_over_http(base, pub)
+        req = cidserve_request(
+            "json", pub.model_id, bench.jpegs[sr.SMALL], *io_names(bench.raw[key])
+        )
+        url = base + req.path
+
+        def answered_from_cache(want: str) -> bool:
+            headers = bench.check(sr.CACHE, "json", key, sr.SMALL, url, req)
+            got = None if headers is None else headers.get("x-cache")
+            if headers is not None and got != want:
+                bench.failures.append(f"{sr.CACHE}: X-Cache {got!r}, expected {want!r}")
+            return got == want
+
+        if not (answered_from_cache("miss") and answered_from_cache("hit")):
+            return
+        for c in (sr.LATENCY_C, sr.LOAD_C):
+            point = sr.Point(round_, key, sr.CACHE, "json", sr.SMALL, c, 0, 0.0, 0.0)
+            measure_http(bench, point, url, req, server)
+        answered_from_cache("hit")
+
+
+def peer_round(bench: Bench, round_: int, name: str) -> None:
+    """Start peer ``name`` with every model, measure it, stop it. A peer that does not start
+    is reported and left out of later rounds."""
+    jpeg = bench.jpegs[sr.SMALL]
+    work = bench.work / f"{name}-{round_}"
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        models = {
+            pub.spec.key: peer_servers.ServedModel.from_metadata(pub.onnx_path, pub.metadata)
+            for pub in bench.published
+        }
+        requests = {key: peer_servers.image_request(name, key, jpeg) for key in models}
+        t0 = time.perf_counter()
+        server = peer_servers.start(name, models, work, bi.free_port, requests)
+    except Exception as exc:
+        bench.peer_failures[name] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
+        log(f"{name} did not start: {bench.peer_failures[name]}")
+        return
+    log(f"{name} up at {server.base} after {time.perf_counter() - t0:.1f} s")
+    running = Running(
+        server.proc, server.log_path, lambda: peer_servers.pids_with_token(server.token)
+    )
+    try:
+        if name not in bench.versions:
+            bench.versions[name] = peer_servers.peer_versions(name)
+        for key, req in requests.items():
+            names = (key, name, sr.PEER_PATH, sr.SMALL)
+            concurrency = (sr.LATENCY_C, sr.LOAD_C)
+            measure_series(bench, round_, names, server.base, req, concurrency, running)
+    finally:
+        peer_servers.stop(server)
+
+
+def run_round(bench: Bench, round_: int) -> None:
+    for contender in bench.args.contenders:
+        if contender in bench.peer_failures:
+            continue
+        log(f"== round {round_}: {contender}")
+        try:
+            if contender == sr.RAW:
+                raw_round(bench, round_)
+            elif contender == sr.CIDSERVE:
+                cidserve_round(bench, round_)
+                if bench.cached:
+                    cache_round(bench, round_)
+            else:
+                peer_round(bench, round_, contender)
+        except Exception as exc:  # one broken contender must not lose the others' figures
+            msg = f"round {round_}, {contender}: {type(exc).__name__}: {exc}"
+            log(f"FAILED {msg}")
+            bench.failures.append(msg)
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def prepare(bench: Bench) -> None:
+    """Export and publish the models, make the photos, build the raw sessions and take raw's
+    top-1 class for every model and input."""
+    args = bench.args
+    exported = []
+    for key in args.models:
+        path = bench.work / "onnx" / f"{key}.onnx"
+        log(f"exporting {key} ...")
+        bi.export_model(bi.MODELS[key], path)
+        exported.append((bi.MODELS[key], path))
+    bench.published = asyncio.run(bi.publish_all(bench.work / "data" / "store", exported))
+    if args.extras and sr.CIDSERVE in args.contenders:
+        store = bench.work / "data-cache" / "store"
+        bench.cached = asyncio.run(bi.publish_all(store, exported[:1], cache_predictions=True))
+    inputs = INPUTS if args.extras else (sr.SMALL,)
+    bench.jpegs = {k: bi.make_jpeg(bi.INPUTS[k]) for k in inputs}
+    for pub in bench.published:
+        raw = RawSet(raw_model(pub, 2), (raw_model(pub, 1), raw_model(pub, 1)))
+        bench.raw[pub.spec.key] = raw
+        for inp, jpeg in bench.jpegs.items():
+            bench.expected[(pub.spec.key, inp)] = pub.labels.index(raw.sequential.top1(jpeg))
+
+
+def versions() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    out: dict[str, Any] = {"onnxruntime": ort.__version__, "numpy": np.__version__}
+    for package in ("cidserve", "fastapi", "uvicorn"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[package] = importlib.metadata.version(package)
+    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    out["wrk"] = (done.stdout or done.stderr).split(" [")[0].removeprefix("wrk ").strip()
+    return out
+
+
+def server_settings() -> dict[str, Any]:
     from services.settings import load_settings
 
-    started = time.perf_counter()
-    load_start = loadavg()
     settings = load_settings()
-    session_config = SessionConfig(
-        **{
-            f.name: getattr(settings, f.name)
-            for f in dataclasses.fields(SessionConfig)
-            if hasattr(settings, f.name)
-        }
-    )
-    work = Path(tempfile.mkdtemp(prefix="cidserve-compare-"))
-    points: list[bi.Point] = []
-    sanity: list[dict[str, Any]] = []
-    failures: list[str] = []
-    versions: dict[str, Any] = {}
-    interrupted: str | None = None
-    try:
-        exported: list[tuple[bi.ModelSpec, Path]] = []
-        for key in args.models:
-            path = work / "onnx" / f"{key}.onnx"
-            bi.log(f"exporting {key} ...")
-            bi.export_model(bi.MODELS[key], path)
-            exported.append((bi.MODELS[key], path))
-        published = asyncio.run(bi.publish_all(work / "data" / "store", exported))
-        jpegs = {k: bi.make_jpeg(bi.INPUTS[k]) for k in args.inputs if k != TENSOR}
-        raws = {pub.spec.key: bi.build_raw(pub, session_config) for pub in published}
-        tensors: dict[str, np.ndarray] = {}
-        for pub in published:
-            from preprocessing import ImagePayload
+    return {k: getattr(settings, k) for k in bi.EXEC_SETTINGS if hasattr(settings, k)}
 
-            prepared = raws[pub.spec.key].preprocessor(
-                ImagePayload(bi.make_jpeg(bi.INPUTS["224x224"]))
-            )
-            (arr,) = prepared.feeds.values()
-            tensors[pub.spec.key] = np.ascontiguousarray(arr, dtype=np.float32)
-        # The top-1 class index raw ORT gives for each (model, input): every path must agree.
-        expected: dict[tuple[str, str], int] = {}
-        for pub in published:
-            raw = raws[pub.spec.key]
-            name = raw.session.get_inputs()[0].name
-            scores = raw.session.run(raw.output_names, {name: tensors[pub.spec.key]})[0]
-            expected[(pub.spec.key, TENSOR)] = int(np.argmax(scores))
-            for inp, jpeg in jpegs.items():
-                expected[(pub.spec.key, inp)] = pub.labels.index(raw.top1(jpeg))
-        bi.log(f"load average at start: {load_start}")
 
-        def record(model: str, inp: str, path: str, top1: int) -> None:
-            agree = top1 == expected[(model, inp)]
-            sanity.append(
-                {
-                    "model": model,
-                    "input": inp,
-                    "path": path,
-                    "top1": top1,
-                    "expected": expected[(model, inp)],
-                    "agree": agree,
-                }
-            )
-            if not agree:
-                failures.append(
-                    f"{path} on {model}/{inp}: top-1 {top1}, raw ORT says {expected[(model, inp)]}"
-                )
+# --------------------------------------------------------------------------- report
 
-        for contender in [c for _ in range(args.repeat) for c in args.contenders]:
-            bi.log(f"== {contender}")
-            try:
-                points += run_contender(
-                    args,
-                    contender,
-                    published,
-                    raws,
-                    jpegs,
-                    tensors,
-                    work,
-                    settings,
-                    versions,
-                    record,
-                )
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # one broken peer must not lose the others' figures
-                msg = f"{contender}: {type(exc).__name__}: {exc}"
-                bi.log(f"FAILED {msg}")
-                failures.append(msg)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        interrupted = f"interrupted ({type(exc).__name__}) after {len(points)} points"
-        bi.log(interrupted)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
-    doc: dict[str, Any] = {
+def document(
+    bench: Bench,
+    verdicts: list[sr.Verdict],
+    started: float,
+    load_start: list[float],
+    interrupted: str | None,
+) -> dict[str, Any]:
+    args = bench.args
+    return {
         "command": bi.command_line(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "machine": bi.machine_info(),
-        "load_average_start": load_start,
-        "load_average_end": loadavg(),
-        "config": {
-            "models": args.models,
-            "inputs": args.inputs,
-            "contenders": args.contenders,
-            "concurrency": args.concurrency,
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "quick": args.quick,
-            "wait_quiet_s": args.wait_quiet,
-            "repeat": args.repeat,
-            "peer_intra_op_threads": args.peer_intra_op_threads,
-            "top_k": TOP_K,
-            "load_generator": "python http.client, one keep-alive connection per worker thread",
-        },
-        "server_settings": {
-            "intra_op_threads": settings.intra_op_threads,
-            "inference_workers": settings.inference_workers,
-            "preprocess_workers": settings.preprocess_workers,
-            "session_config": dataclasses.asdict(session_config),
-            "prediction_cache": "off",
-        },
-        "versions": versions,
-        "peers": peer_servers.describe(),
-        "points": [p.to_json() for p in least_disturbed(points)],
-        "all_points": [p.to_json() for p in points] if args.repeat > 1 else None,
-        "sanity": sanity,
-        "failures": failures,
         "wall_s": round(time.perf_counter() - started, 1),
         "complete": interrupted is None,
         "interrupted": interrupted,
+        "machine": bi.machine_info(),
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "versions": bench.versions,
+        "server_settings": server_settings(),
+        "models": {k: bi.MODELS[k].description for k in args.models},
+        "config": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "contenders": args.contenders,
+            "cidserve_concurrency": list(args.cidserve_concurrency),
+            "extras": args.extras,
+            "quick": args.quick,
+            "top_k": TOP_K,
+            "wrk": f"{bench.versions.get('wrk', 'wrk')}, {WRK_SCRIPT.name}",
+            "inputs": {
+                k: {"source": bi.INPUTS[k].source, "bytes": len(v)} for k, v in bench.jpegs.items()
+            },
+        },
+        "peers": peer_servers.describe()
+        if any(c in peer_servers.NAMES for c in args.contenders)
+        else {},
+        "peer_failures": bench.peer_failures,
+        "failures": bench.failures,
+        "checks": bench.checks,
+        "raw_baseline": raw_baselines(bench.points, args.models),
+        "points": [p.to_json() for p in bench.points],
+        "rows": [dataclasses.asdict(r) for r in sr.build_rows(bench.points)],
+        "targets": [v.to_json() for v in verdicts],
     }
-    out = Path(args.out)
+
+
+def raw_baselines(points: list[sr.Point], models: list[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "round": r,
+            "model": m,
+            "p50_ms": sr.raw_p50(points, r, m)[0],
+            "best_rps": sr.raw_best_rps(points, r, m)[0],
+        }
+        for r in sr.rounds_of(points)
+        for m in models
+    ]
+
+
+def write_outputs(bench: Bench, doc: dict[str, Any], verdicts: list[sr.Verdict]) -> Path:
+    out = Path(bench.args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "comparison.partial" if interrupted else "comparison"
+    stem = "serving.partial" if doc["interrupted"] else "serving"  # never clobber a full run
+    markdown = sr.render(doc, bench.points, verdicts)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    points = least_disturbed(points)
-    markdown = render(doc, points)
     (out / f"{stem}.md").write_text(markdown)
-    if not interrupted:
-        plot(points, out)
     print(markdown)
-    bi.log(
-        f"wrote {out / stem}.json, .md and plots ({doc['wall_s']} s); "
-        f"load average {doc['load_average_end']}"
-    )
-    if interrupted:
-        return 130
-    errors = sum(p.errors for p in points)
-    if failures or errors:
-        bi.log(f"FAIL: {errors} failed requests; {'; '.join(failures) or 'no contender failure'}")
-        return 1
-    return 0
-
-
-def least_disturbed(points: list[bi.Point]) -> list[bi.Point]:
-    """With ``--repeat``: per (model, input, path, concurrency) the measurement during which
-    other processes used the fewest cores; order of first appearance kept."""
-    best: dict[tuple[str, str, str, int], bi.Point] = {}
-    for p in points:
-        key = (p.model, p.input, p.path, p.concurrency)
-        if key not in best or (p.other_cpu_cores or 0.0) < (best[key].other_cpu_cores or 0.0):
-            best[key] = p
-    return list(best.values())
-
-
-def run_contender(
-    args: argparse.Namespace,
-    contender: str,
-    published: list[bi.Published],
-    raws: dict[str, bi.RawModel],
-    jpegs: dict[str, bytes],
-    tensors: dict[str, np.ndarray],
-    work: Path,
-    settings: Any,
-    versions: dict[str, Any],
-    record: Callable[[str, str, str, int], None],
-) -> list[bi.Point]:
-    points: list[bi.Point] = []
-    inputs = [i for i in args.inputs]
-    if contender == "ort":
-        import onnxruntime as ort
-
-        versions["ort"] = {"onnxruntime": ort.__version__, "numpy": np.__version__}
-        for pub in published:
-            raw = raws[pub.spec.key]
-            for inp in inputs:
-                if inp == TENSOR:
-                    make: Callable[[], bi.Caller] = ort_tensor_caller(raw, tensors[pub.spec.key])
-                else:
-                    jpeg = jpegs[inp]
-                    make = functools.partial(raw.caller, jpeg)
-                    label = raw.top1(jpeg)
-                    record(pub.spec.key, inp, "ort", pub.labels.index(label))
-                points += measure_series(
-                    args,
-                    Series(pub.spec.key, inp, "ort", lambda m=make: m, None, lambda: 0),
-                    lambda: None,
-                )
-        return points
-
-    if contender == "cidserve":
-        import fastapi
-
-        versions["cidserve"] = {"fastapi": fastapi.__version__}
-        with bi.gateway(work / "data", work / "server.log") as (base, proc):
-            port = int(base.rsplit(":", 1)[1])
-
-            def alive() -> None:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"cidserve died:\n{bi._tail(work / 'server.log')}")
-
-            for pub in published:
-                bi.load_over_http(base, pub)
-                meta = json.loads(peer_servers.get(f"{base}/v2/models/{pub.model_id}"))
-                in_name, out_name = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
-                for inp in inputs:
-                    for path, takes in CIDSERVE_PATHS.items():
-                        if inp not in takes:
-                            continue
-                        req = cidserve_request(
-                            path,
-                            pub.model_id,
-                            jpegs.get(inp),
-                            tensors[pub.spec.key] if inp == TENSOR else None,
-                            in_name,
-                            out_name,
-                            pub.labels,
-                        )
-                        status, body = peer_servers.post(base + req[0], req[1], req[2], 60.0)
-                        if status != 200:
-                            raise RuntimeError(
-                                f"{path} {pub.spec.key}/{inp}: HTTP {status} {body[:300]!r}"
-                            )
-                        record(pub.spec.key, inp, path, req[3](body)[0])
-                        fac = http_factory(port, *req)
-                        points += measure_series(
-                            args,
-                            Series(pub.spec.key, inp, path, lambda f=fac: f, proc.pid, lambda: 0),
-                            alive,
-                        )
-        return points
-
-    # a peer: tensors only
-    if TENSOR not in inputs:
-        return points
-    peer_servers.ensure_venv(contender)
-    versions[contender] = peer_servers.peer_versions(contender)
-    models = {pub.spec.key: pub.onnx_path for pub in published}
-    reqs = {
-        pub.spec.key: peer_servers.request_for(
-            contender,
-            pub.spec.key,
-            raws[pub.spec.key].session.get_inputs()[0].name,
-            tensors[pub.spec.key],
-        )
-        for pub in published
-    }
-    bi.log(f"starting {contender} ...")
-    t0 = time.perf_counter()
-    server = peer_servers.start(
-        contender, models, work, bi.free_port, reqs, args.peer_intra_op_threads
-    )
-    versions[contender]["start_s"] = round(time.perf_counter() - t0, 1)
-    PEER_TOKENS[server.proc.pid] = server.token
-    bi.log(f"{contender} up on port {server.port} after {versions[contender]['start_s']} s")
-    try:
-
-        def alive() -> None:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"{contender} died:\n{peer_servers.tail(server.log_path)}")
-
-        for pub in published:
-            req = reqs[pub.spec.key]
-            status, body = peer_servers.post(server.base + req.path, req.body, req.headers, 60.0)
-            if status != 200:
-                raise RuntimeError(f"{contender} {pub.spec.key}: HTTP {status} {body[:300]!r}")
-            record(pub.spec.key, TENSOR, contender, req.top1(body))
-            fac = http_factory(
-                server.port, req.path, req.body, req.headers, lambda d, r=req: (r.top1(d), None)
-            )
-            points += measure_series(
-                args,
-                Series(
-                    pub.spec.key, TENSOR, contender, lambda f=fac: f, server.proc.pid, lambda: 0
-                ),
-                alive,
-            )
-    finally:
-        peer_servers.stop(server)
-    return points
-
-
-# --------------------------------------------------------------------------- reporting
-
-
-def render(doc: dict[str, Any], points: list[bi.Point]) -> str:
-    m = doc["machine"]
-    cfg = doc["config"]
-    lines = [
-        "# Side-by-side: raw ONNX Runtime, cidserve and peer servers",
-        "",
-        *([f"**INCOMPLETE: {doc['interrupted']}.**", ""] if doc["interrupted"] else []),
-        *([f"**Failures: {'; '.join(doc['failures'])}**", ""] if doc["failures"] else []),
-        f"- command: `{doc['command']}`",
-        f"- date (UTC): {doc['date_utc']}; wall time {doc['wall_s']} s",
-        f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"{m['memory_gb']} GB RAM; kernel {m['kernel']}; Python {m['python']}",
-        f"- load average (1/5/15 min) at start {doc['load_average_start']}, at end "
-        f"{doc['load_average_end']} (shared machine: *other* = cores used by other processes "
-        "during the point)",
-        f"- versions: {json.dumps(doc['versions'])}",
-        f"- per point: {cfg['warmup_s']} s warm-up, {cfg['duration_s']} s measured "
-        f"(whole sequence run {cfg.get('repeat', 1)}x, the least disturbed kept); closed loop, "
-        f"{cfg['load_generator']}; cidserve prediction cache off; "
-        f"cidserve and `ort`: intra_op_threads={doc['server_settings']['intra_op_threads']}, "
-        f"inference_workers={doc['server_settings']['inference_workers']}; peers: "
-        f"intra_op_threads={cfg.get('peer_intra_op_threads', 0)} (0 = ONNX Runtime's default, "
-        "one thread per core), their own default concurrency",
-        "",
-        "Latency in ms; *client* = CPU of the load generator in cores (for `ort` the work "
-        "itself); *server* = CPU of the server (its process group, its descendants and every "
-        "process it started) in cores.",
-        "",
-        "| model | input | path | conc | req | err | req/s | p50 | p95 | p99 "
-        "| client | server | other |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for p in points:
-        lat = p.latency_ms
-        lines.append(
-            f"| {p.model} | {p.input} | {p.path} | {p.concurrency} | {p.requests} | {p.errors} "
-            f"| {p.throughput_rps:.1f} | {bi._f(lat.get('p50'), 2)} | {bi._f(lat.get('p95'), 2)} "
-            f"| {bi._f(lat.get('p99'), 2)} | {bi._f(p.bench_cpu_cores, 2)} "
-            f"| {bi._f(p.server_cpu_cores, 2)} | {bi._f(p.other_cpu_cores, 2)} |"
-        )
-    lines += ["", "## What each path includes", ""]
-    lines += [
-        "- `ort`: JPEG inputs: decode + preprocess + `session.run` in-process; `tensor`: "
-        "`session.run` only.",
-        "- `cidserve-jpeg` / `cidserve-json`: raw JPEG body / base64 JPEG in JSON; decode, "
-        "preprocess, run, top-5 on the server.",
-        "- `cidserve-tensor`: JSON `format: tensor` (base64 float32); run + top-5 on the server.",
-        "- `cidserve-v2`: V2 binary tensor in, raw output out (binary).",
-    ]
-    lines += [f"- `{k}`: {v}" for k, v in doc["peers"].items()]
-    lines += ["", "## Summary per workload (best throughput over concurrency; p50 at c=1)", ""]
-    lines += [
-        "| model | input | path | p50 c=1 | best req/s (at c) | req/s c=16 |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
-    ]
-    for (model, inp, path), group in _groups(points).items():
-        c1 = next((p for p in group if p.concurrency == 1), None)
-        c16 = next((p for p in group if p.concurrency == 16), None)
-        best = max(group, key=lambda p: p.throughput_rps)
-        lines.append(
-            f"| {model} | {inp} | {path} | {bi._f(c1.latency_ms.get('p50') if c1 else None, 2)} "
-            f"| {best.throughput_rps:.1f} ({best.concurrency}) "
-            f"| {bi._f(c16.throughput_rps if c16 else None)} |"
-        )
-    bad = [s for s in doc["sanity"] if not s["agree"]]
-    lines += [
-        "",
-        "Top-1 check against raw ORT on the same tensor: "
-        + (
-            "all agree."
-            if not bad
-            else "; ".join(
-                f"{s['path']} {s['model']}/{s['input']}: {s['top1']} vs {s['expected']}"
-                for s in bad
-            )
-        ),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _groups(points: list[bi.Point]) -> dict[tuple[str, str, str], list[bi.Point]]:
-    groups: dict[tuple[str, str, str], list[bi.Point]] = {}
-    for p in points:
-        groups.setdefault((p.model, p.input, p.path), []).append(p)
-    return groups
-
-
-def plot(points: list[bi.Point], out: Path) -> list[Path]:
-    """One PNG per (model, input): p50 (and p99 dashed) latency and throughput vs concurrency."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        bi.log("matplotlib is not installed (pip install -e '.[dev]'): no plots")
-        return []
-    written = []
-    workloads = sorted({(p.model, p.input) for p in points})
-    for model, inp in workloads:
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-        for (m, i, path), group in _groups(points).items():
-            if (m, i) != (model, inp):
-                continue
-            group = sorted(group, key=lambda p: p.concurrency)
-            xs = [p.concurrency for p in group]
-            (line,) = ax1.plot(
-                xs, [p.latency_ms.get("p50", np.nan) for p in group], marker="o", label=path
-            )
-            ax1.plot(
-                xs,
-                [p.latency_ms.get("p99", np.nan) for p in group],
-                ls="--",
-                color=line.get_color(),
-                alpha=0.5,
-            )
-            ax2.plot(
-                xs,
-                [p.throughput_rps for p in group],
-                marker="o",
-                label=path,
-                color=line.get_color(),
-            )
-        for ax in (ax1, ax2):
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("concurrency (closed loop)")
-            ax.grid(True, alpha=0.3)
-        ax1.set_yscale("log")
-        ax1.set_ylabel("latency ms (p50 solid, p99 dashed)")
-        ax2.set_ylabel("throughput req/s")
-        ax2.legend(fontsize=8)
-        fig.suptitle(f"{model}, input {inp}")
-        fig.tight_layout()
-        path = out / f"comparison-{model}-{inp}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
-    return written
+    return out / stem
 
 
 # --------------------------------------------------------------------------- main
@@ -800,86 +779,84 @@ def plot(points: list[bi.Point], out: Path) -> list[Path]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="efficientnet-lite0,resnet18")
-    p.add_argument("--inputs", default="224x224,1024x768,tensor")
+    p.add_argument("--models", default=",".join(bi.MODELS), help=", ".join(bi.MODELS))
     p.add_argument(
         "--contenders",
         default=None,
-        help=f"comma-separated from {', '.join(CONTENDERS)} "
-        "(default: all; ort,cidserve with --quick)",
+        help=f"comma-separated from {', '.join(CONTENDERS)} (default: all; raw,cidserve with "
+        "--quick)",
     )
-    p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=1.5, help="warm-up seconds per point")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=int, default=5, help="measured seconds per point")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each point")
+    p.add_argument("--out", default="docs/benchmarks", help="directory for serving.json/.md")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="CI smoke run: first model, 224x224 + tensor, c=1,4, 0.5 s points, ort + cidserve",
-    )
-    p.add_argument("--out", default="docs/benchmarks")
-    p.add_argument(
-        "--peer-intra-op-threads",
-        type=int,
-        default=0,
-        help="ONNX Runtime intra-op threads in the peers' sessions (0: ORT's default, what "
-        "their idiomatic code gets)",
-    )
-    p.add_argument(
-        "--repeat",
-        type=int,
-        default=1,
-        help="run the whole sequence of contenders this many times and keep, per point, the "
-        "measurement least disturbed by other processes (shared machines)",
-    )
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="before each point, wait up to S s for other processes to go idle (shared machines)",
+        help="CI smoke run: raw and cidserve, the first model, 224x224, json/jpeg/v2 at c=1 "
+        "and c=16, one round of 1 s points",
     )
     args = p.parse_args(argv)
 
-    def split(text: str, known: tuple[str, ...] | list[str], what: str) -> list[str]:
+    def split(text: str, known: tuple[str, ...], what: str) -> list[str]:
         items = [x.strip() for x in text.split(",") if x.strip()]
         bad = [x for x in items if x not in known]
         if bad or not items:
             p.error(f"unknown {what}: {', '.join(bad) or '(none)'}; choose from {', '.join(known)}")
-        return items
+        return [k for k in known if k in items]
 
-    args.models = split(args.models, list(bi.MODELS), "model")
-    args.inputs = split(args.inputs, [*IMAGE_INPUTS, TENSOR], "input")
-    try:
-        args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
-    except ValueError:
-        p.error("--concurrency takes comma-separated integers")
-    if not args.concurrency or any(not 1 <= c <= 256 for c in args.concurrency):
-        p.error("--concurrency values must be between 1 and 256")
+    args.models = split(args.models, tuple(bi.MODELS), "model")
+    default_contenders = f"{sr.RAW},{sr.CIDSERVE}" if args.quick else ",".join(CONTENDERS)
+    args.contenders = split(args.contenders or default_contenders, CONTENDERS, "contender")
+    args.extras = not args.quick  # c=64, the 1024x768 JPEG, the prediction cache
+    args.cidserve_concurrency = (sr.LATENCY_C, sr.LOAD_C, sr.HIGH_C)
     if args.quick:
         args.models = args.models[:1]
-        args.inputs = ["224x224", TENSOR]
-        args.concurrency = [1, 4]
-        args.duration = 0.5
-        args.warmup = 0.3
-    args.contenders = split(
-        args.contenders or ("ort,cidserve" if args.quick else ",".join(CONTENDERS)),
-        CONTENDERS,
-        "contender",
-    )
-    if not 0.1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
-        p.error("--duration must be in [0.1, 600] s and --warmup in [0, 60] s")
-    if not 1 <= args.repeat <= 10:
-        p.error("--repeat must be in [1, 10]")
-    if not 0 <= args.wait_quiet <= 600:
-        p.error("--wait-quiet must be in [0, 600] s")
+        args.rounds, args.duration, args.warmup = 1, 1, 1
+        args.cidserve_concurrency = (sr.LATENCY_C, sr.LOAD_C)
+    if not 1 <= args.rounds <= 20:
+        p.error("--rounds must be in [1, 20]")
+    if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        p.error("--duration must be in [1, 600] s and --warmup in [0, 60] s")
     return args
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    load_start = load_average()
+    bench = Bench(args, Path(tempfile.mkdtemp(prefix="cidserve-serving-")))
+    interrupted: str | None = None
+    try:
+        bench.versions = versions()
+        prepare(bench)
+        for round_ in range(1, args.rounds + 1):
+            run_round(bench, round_)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        interrupted = f"interrupted ({type(exc).__name__}) after {len(bench.points)} points"
+        log(interrupted)
+    finally:
+        shutil.rmtree(bench.work, ignore_errors=True)
+    verdicts = sr.targets(bench.points, args.models)
+    doc = document(bench, verdicts, started, load_start, interrupted)
+    written = write_outputs(bench, doc, verdicts)
+    log(f"wrote {written}.json and .md ({time.perf_counter() - started:.0f} s)")
+    if interrupted:
+        return 130
+    errors = sum(p.error_count for p in bench.points)
+    if errors or bench.failures:
+        log(f"FAIL: {errors} failed requests; {'; '.join(bench.failures) or 'no failed check'}")
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("wrk is not installed: apt-get install wrk (scripts/ci-deps.sh installs it)")
+        return 2
 
     def on_term(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
+        raise SystemExit(128 + signum)  # run the finally blocks: every server is stopped
 
     signal.signal(signal.SIGTERM, on_term)
     return run(args)

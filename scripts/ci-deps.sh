@@ -2,8 +2,8 @@
 # Debian tools the deployment tests run: `docker-compose config` (validates docker-compose.yml
 # without a Docker engine), `promtool` (checks the Prometheus config and alert rules) and
 # `haproxy` (the router of deploy/router/, run in front of three replicas by
-# tests/deploy/test_router.py). Installs only what is missing; a no-op on a machine that has
-# all three.
+# tests/deploy/test_router.py), and `wrk` for the benchmark smoke run. Installs only what is
+# missing; a no-op on a machine that has them all.
 set -euo pipefail
 
 missing=()
@@ -13,6 +13,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# The load generator of the serving benchmark (benchmarks/run_all.py, its smoke run in CI).
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

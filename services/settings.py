@@ -218,6 +218,15 @@ class Settings(BaseSettings):
         description="ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide "
         "(one per core). Default 1, with one concurrent run per core (docs/PERFORMANCE.md).",
     )
+    intra_op_threads_alone: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Intra-op threads of a run that is alone (nothing else in flight or queued "
+        "for inference): a CPU model keeps a second session with this many threads for such "
+        "runs; 0: one per usable core. Not above intra_op_threads: no second session "
+        "(docs/PERFORMANCE.md).",
+    )
     deterministic: bool = Field(
         False,
         description="Identical outputs for identical inputs: ONNX Runtime's deterministic "
@@ -228,7 +237,8 @@ class Settings(BaseSettings):
         default_factory=lambda: min(os.cpu_count() or 1, 256),
         ge=1,
         le=256,
-        description="Concurrent session.run calls (threads); default: one per core.",
+        description="Requests run at the same time (threads that each decode, preprocess, "
+        "run and postprocess one request); default: one per core.",
     )
     optimized_model_cache: bool = Field(
         True,
@@ -237,8 +247,8 @@ class Settings(BaseSettings):
     )
     intra_op_spinning: bool = Field(
         False,
-        description="ONNX Runtime's intra-op threads spin while waiting for work "
-        "(session.intra_op.allow_spinning).",
+        description="The shared sessions' intra-op threads spin while waiting for work "
+        "(session.intra_op.allow_spinning); a model's alone session always spins.",
     )
     batch_enabled: bool = Field(
         True,
@@ -266,7 +276,14 @@ class Settings(BaseSettings):
             "hand one caller's result to another); other models run each request alone.",
         )
     )
-    preprocess_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    preprocess_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="Threads for work before a request reaches an inference worker: bodies "
+        "over 64 KiB, payloads decoded for a prediction-cache lookup, feeds of a model that "
+        "batches across requests.",
+    )
     inference_timeout_ms: int = Field(
         30_000,
         ge=1,

@@ -38,6 +38,7 @@ from services.repository.session_cache import SessionCache
 from services.runtime.admission import Slots
 from services.runtime.batching import BatchPolicy
 from services.runtime.memory import default_session_budget
+from services.runtime.occupancy import Occupancy
 from services.runtime.options import SessionConfig
 from services.runtime.probe import SessionProbe
 from services.runtime.providers import select_providers
@@ -185,6 +186,7 @@ def build_services(
             require_gpu=settings.require_gpu,
             cuda_device_id=settings.cuda_device_id,
             intra_op_threads=settings.intra_op_threads,
+            intra_op_threads_alone=settings.intra_op_threads_alone,
             optimized_cache_dir=(
                 settings.models_dir / "optimized" if settings.optimized_model_cache else None
             ),
@@ -192,6 +194,7 @@ def build_services(
             deterministic=settings.deterministic,
         ),
         inference_executor=inference_pool,
+        occupancy=Occupancy(),
         load_executor=load_pool,
         load_slots=load_slots,
         probe=probe,

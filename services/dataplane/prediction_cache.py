@@ -97,7 +97,9 @@ def _tensor_bytes(array: np.ndarray) -> list[bytes | memoryview]:
 
 def _digest(metadata_cid: str, parts: list[bytes | memoryview], options: Options) -> str:
     h = hashlib.sha256()
-    opts = orjson.dumps(dataclasses.asdict(options), option=orjson.OPT_SORT_KEYS)
+    # Every field of the options (a shallow asdict: they are plain values).
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    opts = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     for part in (_SCHEME, __version__.encode(), metadata_cid.encode(), opts, *parts):
         h.update(memoryview(part).nbytes.to_bytes(8, "little"))
         h.update(part)

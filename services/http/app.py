@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from services import __version__
 from services.http.errors import install_error_handlers
+from services.http.lane import InferenceLane
 from services.http.middleware import BodyLimitMiddleware, JsonOnlyMiddleware, RequestMiddleware
 from services.http.responses import JSONResponse
 from services.http.routes import (
@@ -84,9 +85,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         "the model repository) take the operator's bearer token (`CIDSERVE_ADMIN_TOKEN`).",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # cidserve's own tracing and metrics (services/observability/) describe requests;
+        # FastAPI's would add a second set of spans and a check on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = svc
-    # Innermost: JSON routes take JSON only (a page on another origin cannot post a form or
+    # Innermost: the inference routes without FastAPI's router (http/lane.py).
+    app.add_middleware(
+        InferenceLane, routes=[*inference.LANE, *v2.LANE], routers=[inference.router, v2.router]
+    )
+    # JSON routes take JSON only (a page on another origin cannot post a form or
     # text/plain to them); the routes listed take uploads, raw tensors or V2 binary data.
     app.add_middleware(JsonOnlyMiddleware, raw_body_routes=RAW_BODY_ROUTES)
     if settings.cors_origins:

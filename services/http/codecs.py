@@ -24,13 +24,13 @@ license gate.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pybase64
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
@@ -120,7 +120,7 @@ def b64decode_bounded(
         if size != expected:
             raise BadRequest(f"{what} decodes to {size} bytes; its declaration needs {expected}")
     try:
-        return base64.b64decode(text, validate=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadRequest(f"{what} is not valid base64: {exc}") from None
 

@@ -198,19 +198,29 @@ def v2_error(reply: ErrorReply) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=reply.headers)
 
 
+def known_errors() -> tuple[type[Exception], ...]:
+    """The exception types the error table (and the HTTP layer's own errors) describe."""
+    known = {HttpError, RequestValidationError, StarletteHTTPException}
+    known.update(exc_type for exc_type, _, _ in TABLE)
+    return tuple(known)
+
+
+def error_response(path: str, exc: Exception) -> JSONResponse:
+    """The reply to ``exc`` (:func:`describe`), rendered for the API of ``path``."""
+    reply = describe(exc)
+    if path.startswith("/v2"):
+        return v2_error(reply)
+    return api_error(reply)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every exception, whatever raised it, goes through :func:`describe` and the renderer of
     the API it happened in."""
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        reply = describe(exc)
-        if request.url.path.startswith("/v2"):
-            return v2_error(reply)
-        return api_error(reply)
+        return error_response(request.url.path, exc)
 
-    known = {HttpError, RequestValidationError, StarletteHTTPException}
-    known.update(exc_type for exc_type, _, _ in TABLE)
-    for exc_type in known:
+    for exc_type in known_errors():
         app.add_exception_handler(exc_type, handle)
     # Anything else: a 500 (Starlette's outermost middleware renders it, then re-raises it
     # for the server's log).

@@ -1,7 +1,9 @@
-"""The per-caller rate limit of the inference routes, as a FastAPI dependency.
+"""The per-caller rate limit of the inference routes.
 
-:data:`RATE_LIMIT` runs before the route's body is decoded (images, tensors) or any model
-work, so a caller over its allowance costs one bucket lookup (services/state/rate_limit.py).
+Each inference route calls :func:`check_rate_limit` first (a direct call, not a FastAPI
+dependency: see :func:`services.http.deps.services_of`), before the route's body is decoded
+(images, tensors) or any model work, so a caller over its allowance costs one bucket lookup
+(services/state/rate_limit.py).
 Its bucket is the operator token's (``Authorization: Bearer``, when it is the configured
 ``CIDSERVE_ADMIN_TOKEN``; keyed by its SHA-256, never by the token itself), else the client
 address of the connection (behind a proxy, what uvicorn's ``--forwarded-allow-ips`` makes of
@@ -19,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fastapi import Depends, Request
+from fastapi import Request
 
-from services.http.deps import Svc, client_key
+from services.http.deps import client_key
 from services.wiring import Services
 
 
@@ -37,10 +39,7 @@ def caller_key(svc: Services, request: Request) -> str:
     return client_key(request)
 
 
-async def check_rate_limit(request: Request, svc: Svc) -> None:
+async def check_rate_limit(request: Request, svc: Services) -> None:
     """429 with ``Retry-After`` when the caller is over ``CIDSERVE_RATE_LIMIT_RPS``."""
     if svc.limiter is not None:
         await svc.limiter.check(caller_key(svc, request))
-
-
-RATE_LIMIT = Depends(check_rate_limit)

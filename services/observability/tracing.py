@@ -93,6 +93,30 @@ def span(name: str, **attrs: Any) -> AbstractContextManager[SpanLike]:
     return tracer.start_as_current_span(name, attributes=_attributes(attrs))
 
 
+def tracing_active() -> bool:
+    """Whether spans are recorded for the current request."""
+    return _active.get() is not None
+
+
+def record_span(
+    name: str, start_ns: int, end_ns: int, *, error: BaseException | None = None, **attrs: Any
+) -> None:
+    """A finished child span of the current one, for a stage that ran in a worker thread
+    (where the request's context is not current): ``start_ns`` and ``end_ns`` are
+    ``time.time_ns()`` readings taken there; ``error``, the exception that ended the stage,
+    is recorded and marks the span as an error. A no-op when no tracer is active."""
+    tracer = _active.get()
+    if tracer is None:
+        return
+    recorded = tracer.start_span(name, start_time=start_ns, attributes=_attributes(attrs))
+    if error is not None:
+        from opentelemetry.trace import Status, StatusCode
+
+        recorded.record_exception(error)
+        recorded.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    recorded.end(end_time=end_ns)
+
+
 def set_attributes(target: SpanLike, **attrs: Any) -> None:
     """Set ``cidserve.<key>`` attributes on a span from :func:`span` (None values skipped)."""
     for key, value in attrs.items():

@@ -29,7 +29,7 @@ from registry.metadata import MetadataError, ModelMetadata, parse_labels, parse_
 from registry.redact import strip_paths
 from registry.store import ContentIntegrityError, ContentStore, InvalidCid
 from registry.unixfs import canonical_cid
-from services.errors import TokenConflict
+from services.errors import DependencyUnavailable, TokenConflict
 from services.licensing import LicenseBackend
 from services.observability.context import note_model
 from services.observability.tracing import set_attributes, span
@@ -38,12 +38,24 @@ from services.repository.model import LoadedModel
 from services.repository.session_cache import SessionCache
 from services.runtime.admission import Slots
 from services.runtime.batching import BatchPolicy
-from services.runtime.errors import ProbeFailed, SessionTooLarge, WarmupTimeout
+from services.runtime.errors import (
+    ProbeFailed,
+    ProviderUnavailable,
+    SessionTooLarge,
+    WarmupTimeout,
+)
 from services.runtime.memory import rss_bytes
+from services.runtime.occupancy import Occupancy
 from services.runtime.options import SessionConfig
 from services.runtime.probe import SessionProbe
 from services.runtime.runner import ModelRunner
-from services.runtime.session import check_signature, create_session, warm_up, warmup_feeds
+from services.runtime.session import (
+    check_signature,
+    create_alone_session,
+    create_session,
+    warm_up,
+    warmup_feeds,
+)
 from services.state.index import ModelIndex
 
 if TYPE_CHECKING:
@@ -94,6 +106,7 @@ class ModelLoader:
         load_slots: Slots | None = None,
         probe: SessionProbe | None = None,
         warmup_timeout_s: float = 5.0,
+        occupancy: Occupancy | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -101,6 +114,8 @@ class ModelLoader:
         self.licensing = licensing
         self.session_config = session_config
         self.inference_executor = inference_executor
+        # What decides between a model's shared and alone sessions (runtime/occupancy.py).
+        self.occupancy = occupancy or Occupancy()
         self.load_limits = load_limits
         self.input_limits = input_limits
         self._inflight: dict[tuple[str, int | None], asyncio.Future[LoadOutcome]] = {}
@@ -348,6 +363,9 @@ class ModelLoader:
         rss_before = rss_bytes()
         try:
             session, provider, fallback = create_session(path, self.session_config, sha256=digest)
+            alone = create_alone_session(path, self.session_config, provider, sha256=digest)
+        except ProviderUnavailable as exc:
+            raise DependencyUnavailable(str(exc)) from exc
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelInvalid(
                 f"ONNX Runtime cannot load model {metadata.model.cid}: {strip_paths(str(exc))}"
@@ -363,6 +381,8 @@ class ModelLoader:
         runner = ModelRunner(
             session,
             self.inference_executor,
+            alone_session=alone,
+            occupancy=self.occupancy,
             batching=self.batching,
             cross_request_batching=(
                 self.batching is not None and self.batching.trusts(metadata_cid)
@@ -372,12 +392,21 @@ class ModelLoader:
         )
         if warmup:
             self.loading.advance((metadata_cid, token_id), "warming up")
+            feeds = warmup_feeds(session, pre.warmup_shapes())
             try:
-                warm_up(session, warmup_feeds(session, pre.warmup_shapes()), self.warmup_timeout_s)
+                warm_up(session, feeds, self.warmup_timeout_s)
             except Exception as exc:
                 raise ModelInvalid(f"model {model_id} failed its warm-up run: {exc}") from exc
+            if alone is not None:
+                try:
+                    warm_up(alone, feeds, self.warmup_timeout_s)
+                except Exception as exc:  # the graph passed above: run on the shared one only
+                    log.warning("%s: no alone session (its warm-up failed: %s)", model_id, exc)
+                    runner.alone_session = alone = None
         if measured is None:  # no trial build: the growth of this process, as well as it shows
             measured = rss_bytes() - rss_before
+        else:  # the trial build measured one session
+            measured *= runner.sessions
         model = LoadedModel(
             model_id=model_id,
             metadata_cid=metadata_cid,

@@ -16,6 +16,9 @@ class SessionConfig:
     require_gpu: bool = False
     cuda_device_id: int = 0
     intra_op_threads: int = 1
+    # Intra-op threads of a CPU model's alone session (services/runtime/occupancy.py): 0 one
+    # per usable core; None: no alone session.
+    intra_op_threads_alone: int | None = None
     # Where optimized graphs are kept (services/optimized_cache.py); None: not cached.
     optimized_cache_dir: Path | None = None
     # ONNX Runtime's intra-op threads spin while waiting for work (see docs/PERFORMANCE.md).

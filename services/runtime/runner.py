@@ -3,6 +3,11 @@
 ``session.run`` never runs on the event loop: :class:`ModelRunner` submits it to a bounded
 thread pool (ONNX Runtime releases the GIL while it computes) and enforces the request's
 timeout by asking the run to terminate (``RunOptions.terminate``) when the deadline passes.
+:meth:`ModelRunner.call` hands a whole request to one worker (decode, preprocess, run,
+postprocess: one hand-off from the event loop); :meth:`ModelRunner.run` hands it feeds.
+
+A CPU model may have a second session with more intra-op threads, taken by a run that is alone
+in the inference pool (:mod:`services.runtime.occupancy`).
 
 Rows of different requests share a run only when ``cross_request_batching`` is set: a model
 sees every row of its run and may move them, so that is the operator's call for each model
@@ -14,21 +19,55 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from services.runtime.batching import BatchPolicy, DynamicBatcher, batchable
 from services.runtime.errors import RunTimeout, consume_outcome
+from services.runtime.occupancy import Occupancy
 
 if TYPE_CHECKING:
     from services.observability.metrics import Metrics
 
+T = TypeVar("T")
+Outputs = dict[str, np.ndarray]
+
+
+class Run:
+    """``run(feeds)``: one ``session.run`` of a call, in the worker thread that runs the call.
+
+    Takes the model's alone session when the call is the only one in the inference pool;
+    refuses to start once the call's deadline has passed; adds up the seconds spent in
+    ``session.run`` (``seconds``)."""
+
+    __slots__ = ("_runner", "deadline", "options", "seconds")
+
+    def __init__(self, runner: ModelRunner, deadline: float) -> None:
+        self._runner = runner
+        self.deadline = deadline
+        self.options = ort.RunOptions()
+        self.seconds = 0.0
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> Outputs:
+        if time.monotonic() >= self.deadline:
+            raise RunTimeout("deadline passed while queued")
+        runner = self._runner
+        session = runner.session_now()
+        t0 = time.perf_counter()
+        values = session.run(runner.output_names, feeds, self.options)
+        self.seconds += time.perf_counter() - t0
+        return dict(zip(runner.output_names, values, strict=True))
+
 
 class ModelRunner:
-    """Runs one session in a shared, bounded thread pool with a per-call deadline.
+    """Runs one model's sessions in a shared, bounded thread pool with a per-call deadline.
+
+    ``alone_session`` (optional, same graph, more intra-op threads) is used by a run that
+    ``occupancy`` says is alone in the pool; ``session`` by every other run.
 
     With a :class:`~services.runtime.batching.BatchPolicy`, a dynamic batch dimension
     (:func:`~services.runtime.batching.batchable`) and ``cross_request_batching``, concurrent
@@ -45,12 +84,16 @@ class ModelRunner:
         session: ort.InferenceSession,
         executor: Executor,
         *,
+        alone_session: ort.InferenceSession | None = None,
+        occupancy: Occupancy | None = None,
         batching: BatchPolicy | None = None,
         cross_request_batching: bool = False,
         model_id: str = "",
         metrics: Metrics | None = None,
     ) -> None:
         self.session = session
+        self.alone_session = alone_session if occupancy is not None else None
+        self._occupancy = occupancy or Occupancy()
         self._executor = executor
         self.output_names = [o.name for o in session.get_outputs()]
         self.batcher: DynamicBatcher | None = None
@@ -75,23 +118,59 @@ class ModelRunner:
         )
 
     @property
+    def sessions(self) -> int:
+        """How many sessions of the model are held (1, or 2 with an alone session)."""
+        return 1 if self.alone_session is None else 2
+
+    @property
     def cross_request_batching(self) -> bool:
         """Whether concurrent requests of this model are batched into one run now (trusted,
         batching on, a dynamic batch dimension, and outputs that kept rows apart so far)."""
         return self.batcher is not None and self.batcher.split_ok
 
-    def _run(
-        self, feeds: dict[str, np.ndarray], run_options: ort.RunOptions, deadline: float
-    ) -> tuple[dict[str, np.ndarray], float]:
-        if time.monotonic() >= deadline:
-            raise RunTimeout("deadline passed while queued")
-        t0 = time.perf_counter()
-        values = self.session.run(self.output_names, feeds, run_options)
-        return dict(zip(self.output_names, values, strict=True)), time.perf_counter() - t0
+    def batches(self, feeds: dict[str, np.ndarray]) -> bool:
+        """Whether these feeds would go through the batcher (queued with other requests')."""
+        return self.batcher is not None and self.batcher.accepts(feeds)
 
-    def run_blocking(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run in the calling thread (for warm-up from a worker thread)."""
-        return self._run(feeds, ort.RunOptions(), float("inf"))[0]
+    def session_now(self) -> ort.InferenceSession:
+        """The session a run starting now takes (from a worker thread)."""
+        alone = self.alone_session
+        if alone is not None and self._occupancy.alone():
+            return alone
+        return self.session
+
+    async def call(self, work: Callable[[Run], T], timeout_s: float) -> tuple[T, float]:
+        """``work(run)`` in the inference pool, under a deadline of ``timeout_s``; returns what
+        it returned and the seconds its runs took. ``work`` calls ``run(feeds)`` for each
+        ``session.run`` it needs; everything else it does (decoding, preprocessing,
+        postprocessing) happens in the same worker, with no further hand-off.
+
+        Raises :class:`RunTimeout` when the deadline passes (queued or running: a running
+        ``session.run`` is told to terminate, which frees its worker within milliseconds)."""
+        if self._batch_hist is not None:
+            self._batch_hist.observe(1)
+        loop = asyncio.get_running_loop()
+        run = Run(self, time.monotonic() + timeout_s)
+        occupancy = self._occupancy
+        occupancy.enter()
+        try:
+            fut = loop.run_in_executor(self._executor, work, run)
+        except BaseException:
+            occupancy.leave()
+            raise
+        fut.add_done_callback(occupancy.leave)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            run.options.terminate = True
+            fut.cancel()
+            fut.add_done_callback(consume_outcome)
+            raise RunTimeout(f"inference did not finish within {timeout_s * 1000:.0f} ms") from None
+        except asyncio.CancelledError:
+            run.options.terminate = True
+            fut.add_done_callback(consume_outcome)
+            raise
+        return result, run.seconds
 
     async def run(
         self, feeds: dict[str, np.ndarray], timeout_s: float
@@ -101,22 +180,7 @@ class ModelRunner:
         Raises :class:`RunTimeout` when the deadline passes (queued or running: a running
         call is told to terminate, which frees its worker within milliseconds).
         """
-        if self.batcher is not None and self.batcher.accepts(feeds):
+        if self.batches(feeds):
+            assert self.batcher is not None
             return await self.batcher.submit(feeds, timeout_s)
-        if self._batch_hist is not None:
-            self._batch_hist.observe(1)
-        loop = asyncio.get_running_loop()
-        run_options = ort.RunOptions()
-        deadline = time.monotonic() + timeout_s
-        fut = loop.run_in_executor(self._executor, self._run, feeds, run_options, deadline)
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            run_options.terminate = True
-            fut.cancel()
-            fut.add_done_callback(consume_outcome)
-            raise RunTimeout(f"inference did not finish within {timeout_s * 1000:.0f} ms") from None
-        except asyncio.CancelledError:
-            run_options.terminate = True
-            fut.add_done_callback(consume_outcome)
-            raise
+        return await self.call(lambda run: run(feeds), timeout_s)

@@ -7,12 +7,15 @@ import concurrent.futures
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from registry.local_store import LocalContentStore
 from registry.publish import PublishResult, publish_model
 from services.runtime.errors import ProviderUnavailable
+from services.runtime.options import SessionConfig
 from services.runtime.providers import CPU, CUDA, select_providers
+from services.runtime.session import create_session
 from tests.conftest import Gateway
 from tests.models import linear_model, linear_weights
 
@@ -124,7 +127,12 @@ def test_concurrent_loads_of_one_model_load_it_once(
     assert gw.client.get("/api/models").json()["cacheStatus"]["current_size"] == 1
 
 
-@pytest.mark.parametrize("private_gateway", [{"max_cache_bytes": 40_000_000}], indirect=True)
+@pytest.mark.parametrize(
+    "private_gateway",
+    # One session per model (no alone session, which would count twice): the sizes below.
+    [{"max_cache_bytes": 40_000_000, "intra_op_threads_alone": 1}],
+    indirect=True,
+)
 def test_byte_bound_evicts_by_measured_memory(
     private_gateway: Gateway, efficientnet: PublishResult, linear_models, workdir, store
 ):
@@ -166,6 +174,20 @@ def test_provider_selection_is_wired_for_gpu_hosts():
     assert choice.providers == [CPU] and choice.fallback_reason
     with pytest.raises(ProviderUnavailable, match=CUDA):
         select_providers("cuda", cpu_host, require_gpu=True)
+
+
+def test_require_gpu_refuses_a_session_that_cuda_did_not_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # onnxruntime-gpu without loadable CUDA libraries still lists CUDA, then builds the session
+    # on CPU: here, a CPU build that claims CUDA behaves the same way.
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    path = linear_model(tmp_path / "m.onnx")
+    wanted = SessionConfig(execution_provider="cuda", require_gpu=True)
+    with pytest.raises(ProviderUnavailable, match="built the session on CPUExecutionProvider"):
+        create_session(path, wanted)
+    _, active, _ = create_session(path, SessionConfig(execution_provider="cuda"))
+    assert active == CPU  # without the requirement, the fallback is served (and reported)
 
 
 def test_one_input_per_request(private_gateway: Gateway, linear_models):

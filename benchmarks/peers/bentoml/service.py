@@ -1,9 +1,9 @@
-"""BentoML service for the benchmark: ONNX Runtime behind one JSON API.
+"""BentoML service for the benchmark: a photo in, the top-5 classes out.
 
-``BENCH_MODELS`` is ``name=path.onnx[,name=path.onnx...]``. ``POST /predict`` takes
-``{"model": name, "tensor": <nested list>}`` (BentoML's idiomatic ``np.ndarray`` JSON input),
-runs ``session.run`` and answers the top-5 indices and scores of the first output. No image
-decoding or preprocessing here.
+``POST /classify`` takes multipart/form-data, as BentoML's image inputs do: a ``model`` field
+(a name from ``BENCH_MODELS``) and the photo as the ``image`` file, which BentoML hands over
+as a ``PIL.Image.Image`` opened but not decoded. The reply is ``{"indices": [...], "scores":
+[...]}``. ``BENCH_WORKERS`` service worker processes.
 """
 
 from __future__ import annotations
@@ -11,28 +11,18 @@ from __future__ import annotations
 import os
 
 import bentoml
-import numpy as np
-import onnxruntime as ort
+from classifier import Classifier, served_models
+from PIL.Image import Image
 
 
-@bentoml.service(workers=1)
-class OnnxClassifier:
-    """One ONNX Runtime session per model named in ``BENCH_MODELS``."""
+@bentoml.service(workers=int(os.environ.get("BENCH_WORKERS", "1")))
+class PhotoClassifier:
+    """A :class:`Classifier` per model named in ``BENCH_MODELS``."""
 
     def __init__(self) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("BENCH_INTRA_OP_THREADS", "0"))
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for item in os.environ["BENCH_MODELS"].split(","):
-            name, path = item.split("=", 1)
-            self.sessions[name] = ort.InferenceSession(
-                path, options, providers=["CPUExecutionProvider"]
-            )
+        self.models = {name: Classifier(*entry) for name, entry in served_models().items()}
 
     @bentoml.api
-    def predict(self, model: str, tensor: np.ndarray) -> dict:
-        session = self.sessions[model]
-        feed = {session.get_inputs()[0].name: tensor.astype(np.float32, copy=False)}
-        scores = session.run(None, feed)[0].reshape(-1)
-        top = np.argsort(scores)[::-1][:5]
-        return {"indices": top.tolist(), "scores": scores[top].tolist()}
+    def classify(self, model: str, image: Image) -> dict:
+        indices, scores = self.models[model].classify(image)
+        return {"indices": indices, "scores": scores}

@@ -1,9 +1,11 @@
-"""Ray Serve application for the benchmark: ONNX Runtime in one deployment.
+"""Ray Serve applications for the benchmark: a photo in, the top-5 classes out.
 
-``BENCH_MODELS`` is ``name=path.onnx[,name=path.onnx...]``; ``BENCH_PORT`` the HTTP port.
-``POST /`` takes ``{"model": name, "tensor": <nested list>}`` as JSON, runs ``session.run``
-and answers the top-5 indices and scores of the first output. No image decoding or
-preprocessing here. Runs until killed.
+One application per model named in ``BENCH_MODELS``, at route prefix ``/<model>``, each a
+deployment of ``BENCH_WORKERS`` replicas (reserving no CPU: the cores are shared by the
+operating system, as for the other peers). ``POST /<model>`` takes the photo as the raw body
+(``Content-Type: image/jpeg``), read with starlette's ``Request.body()``; the reply is
+``{"indices": [...], "scores": [...]}``. The HTTP proxy listens on ``BENCH_PORT``
+(127.0.0.1). Runs until killed.
 """
 
 from __future__ import annotations
@@ -11,39 +13,32 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
-import onnxruntime as ort
 import ray
+from classifier import Classifier, served_models
+from imageprep import ImageParams
 from ray import serve
 from starlette.requests import Request
 
 
-@serve.deployment
-class OnnxClassifier:
-    """One ONNX Runtime session per model; one replica (Ray Serve's default)."""
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class PhotoClassifier:
+    """Decode the photo, preprocess, ``session.run``, top 5."""
 
-    def __init__(self, models: dict[str, str]) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("BENCH_INTRA_OP_THREADS", "0"))
-        self.sessions = {
-            name: ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            for name, path in models.items()
-        }
+    def __init__(self, onnx_path: str, params: ImageParams) -> None:
+        self.classifier = Classifier(onnx_path, params)
 
     async def __call__(self, request: Request) -> dict:
-        body = await request.json()
-        session = self.sessions[body["model"]]
-        tensor = np.asarray(body["tensor"], dtype=np.float32)
-        scores = session.run(None, {session.get_inputs()[0].name: tensor})[0].reshape(-1)
-        top = np.argsort(scores)[::-1][:5]
-        return {"indices": top.tolist(), "scores": scores[top].tolist()}
+        indices, scores = self.classifier.classify(await request.body())
+        return {"indices": indices, "scores": scores}
 
 
 def main() -> None:
-    models = dict(item.split("=", 1) for item in os.environ["BENCH_MODELS"].split(","))
+    replicas = int(os.environ.get("BENCH_WORKERS", "1"))
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": int(os.environ["BENCH_PORT"])})
-    serve.run(OnnxClassifier.bind(models), route_prefix="/")
+    for name, entry in served_models().items():
+        app = PhotoClassifier.options(num_replicas=replicas).bind(*entry)
+        serve.run(app, name=name, route_prefix=f"/{name}")
     print("ready", flush=True)
     while True:
         time.sleep(3600)

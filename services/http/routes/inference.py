@@ -2,24 +2,30 @@
 
 Both take the same steps in the same order: the body, bounded by the body-size middleware;
 the caller (``caller_of``: a signed request is checked over the raw body); the model found
-and the license gate passed (``DataPlane.admit``); only then the payload decoded, in the
-preprocess pool (``DataPlane.offload``), never on the event loop; then the run. An unknown
-model or a caller without a license is answered before any of the payload is decoded.
+and the license gate passed (``DataPlane.admit``); only then the payload decoded, by the
+inference worker that also preprocesses, runs and postprocesses it (a :class:`Deferred`
+payload: one hand-off from the event loop), never on the event loop. An unknown model or a
+caller without a license is answered before any of the payload is decoded.
 ``/api/inference/execute`` names its model inside the JSON body, so that body is parsed
-(in the pool, without decoding ``input_data``) before the model is looked up.
+(without decoding ``input_data``; a large body in the preprocess pool) before the model is
+looked up.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import Response
 
 import postprocessing
 import preprocessing
 from postprocessing import Options
 from preprocessing import Payload
-from services.dataplane.plane import InferenceResult
+from services.dataplane.plane import Deferred, InferenceResult
 from services.http.codecs import (
     FORMATS,
     URL_FORMAT,
@@ -28,9 +34,10 @@ from services.http.codecs import (
     inline_refs,
     parse_execute_request,
 )
-from services.http.deps import Svc, caller_of
+from services.http.deps import caller_of, services_of
 from services.http.errors import BadRequest
-from services.http.limits import RATE_LIMIT
+from services.http.lane import LaneRoute
+from services.http.limits import check_rate_limit
 from services.http.raw_tensor import CONTENT_TYPE as RAW_TENSOR
 from services.http.responses import JSONResponse
 from services.http.routes.jobs import JobAccepted
@@ -73,13 +80,15 @@ def _reply(result: InferenceResult) -> JSONResponse:
     return JSONResponse(reply_body(result), headers={"X-Cache": result.cache})
 
 
-async def _payload(svc: Services, req: ExecuteRequest) -> Payload:
-    """``input_data`` decoded in the preprocess pool, or (``url``) fetched, then an image."""
+async def _payload(svc: Services, req: ExecuteRequest) -> Payload | Deferred:
+    """``input_data`` to be decoded by the worker that runs the request, or (``url``) the
+    image fetched."""
     fmt, content = req.input_data.format, req.input_data.content
     if fmt == URL_FORMAT:
         return await fetch_image(content, url_policy(svc.settings))
     limits = CodecLimits(svc.settings.max_base64_chars, svc.settings.max_tensor_elements)
-    return await svc.dataplane.offload(decode_input, fmt, content, limits)
+    size = len(content) if isinstance(content, str) else None
+    return Deferred(functools.partial(decode_input, fmt, content, limits), size)
 
 
 # The body is parsed by the route (off the event loop, after authentication), not by FastAPI;
@@ -98,21 +107,24 @@ _EXECUTE_BODY = {
     "/api/inference/execute",
     response_model=ExecuteResponse,
     responses={**_ASYNC, **_ERRORS},
-    dependencies=[RATE_LIMIT],
     openapi_extra={**_EXECUTE_BODY, **SIGNED_OR_OPEN},
 )
-async def execute(request: Request, svc: Svc) -> JSONResponse:
+async def execute(request: Request) -> JSONResponse:
     """Run one input (base64 image, URL of an image, tensor or features) through a loaded
     model; with ``execution_mode: "async"``, answer 202 with a job id at once."""
+    svc = services_of(request)
+    await check_rate_limit(request, svc)
     body = await request.body()
     caller = await caller_of(svc, request)
     dataplane = svc.dataplane
-    req = await dataplane.offload(parse_execute_request, body)
+    req = await dataplane.offload(parse_execute_request, body, size=len(body))
     _check_top_k(svc, req.options.top_k)
     admitted = await dataplane.admit(req.model_id, caller)
     payload = await _payload(svc, req)
     options = Options(top_k=req.options.top_k, threshold=req.options.threshold)
     if req.mode == "async":
+        if isinstance(payload, Deferred):  # an input that cannot be decoded is answered now
+            payload = await dataplane.offload(payload.decode)
 
         async def work() -> dict[str, Any]:
             done = await dataplane.execute_admitted(
@@ -131,7 +143,6 @@ async def execute(request: Request, svc: Svc) -> JSONResponse:
     "/api/models/{model_id}/predict",
     response_model=ExecuteResponse,
     responses=_ERRORS,
-    dependencies=[RATE_LIMIT],
     openapi_extra={
         **SIGNED_OR_OPEN,
         "requestBody": {
@@ -154,7 +165,6 @@ async def execute(request: Request, svc: Svc) -> JSONResponse:
 async def predict_upload(
     model_id: str,
     request: Request,
-    svc: Svc,
     top_k: Annotated[int, Query(ge=0)] = 5,
     threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
     timeout: Annotated[int | None, Query(ge=1, le=3_600_000, description="ms")] = None,
@@ -162,13 +172,16 @@ async def predict_upload(
     """The image as the raw request body (``image/*``, ``application/octet-stream``) or as a
     multipart ``file`` field: no base64 needed; or a tensor's raw bytes
     (``application/x-cidserve-tensor`` with ``X-Tensor-Dtype`` and ``X-Tensor-Shape``)."""
+    svc = services_of(request)
+    await check_rate_limit(request, svc)
     _check_top_k(svc, top_k)
     body = await request.body()  # read (bounded) once; the authenticator reuses it
     caller = await caller_of(svc, request)
     dataplane = svc.dataplane
     admitted = await dataplane.admit(model_id, caller)
     limits = UploadLimits(svc.settings.max_body_bytes, svc.settings.max_tensor_elements)
-    payload = await dataplane.offload(decode_upload, body, dict(request.headers), limits)
+    decode = functools.partial(decode_upload, body, dict(request.headers), limits)
+    payload = Deferred(decode, len(body))
     result = await dataplane.execute_admitted(
         admitted, payload, Options(top_k=top_k, threshold=threshold), timeout_ms=timeout
     )
@@ -196,3 +209,41 @@ async def formats() -> JSONResponse:
             "options": {"top_k": "int >= 0 (0: all)", "threshold": "0..1", "timeout": "ms"},
         }
     )
+
+
+class PredictQuery(BaseModel):
+    """The query of ``/api/models/{model_id}/predict``, as the route declares it."""
+
+    top_k: int = Field(5, ge=0)
+    threshold: float = Field(0.0, ge=0.0, le=1.0)
+    timeout: int | None = Field(None, ge=1, le=3_600_000)
+
+
+def predict_query(request: Request) -> PredictQuery:
+    """The query parameters checked as FastAPI checks the route's (422 naming the field)."""
+    try:
+        return PredictQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        errors = [
+            {"loc": ("query", *e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+async def _execute_lane(request: Request, _: dict[str, str]) -> Response:
+    return await execute(request)
+
+
+async def _predict_lane(request: Request, params: dict[str, str]) -> Response:
+    query = predict_query(request)
+    return await predict_upload(
+        params["model_id"], request, query.top_k, query.threshold, query.timeout
+    )
+
+
+LANE = (
+    LaneRoute("/api/inference/execute", _execute_lane),
+    LaneRoute("/api/models/{model_id}/predict", _predict_lane),
+)
+"""These routes on the direct path (services/http/lane.py)."""

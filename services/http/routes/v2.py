@@ -19,9 +19,7 @@ caller without a license gets its answer without the body being parsed.
 
 from __future__ import annotations
 
-import asyncio
 import math
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,9 +29,10 @@ from services import __version__
 from services.dataplane.datatypes import datatype_for, protocol_shape
 from services.dataplane.plane import TensorRun
 from services.errors import DependencyUnavailable
-from services.http.deps import Svc, caller_of
+from services.http.deps import Svc, caller_of, services_of
 from services.http.errors import UnsupportedMediaType
-from services.http.limits import RATE_LIMIT
+from services.http.lane import LaneRoute
+from services.http.limits import check_rate_limit
 from services.http.responses import JSONResponse
 from services.http.schemas import SIGNED_OR_OPEN
 from services.http.v2_codec import HEADER_LENGTH, InferRequest, V2Error, V2Limits, decode_request
@@ -52,8 +51,6 @@ from services.wiring import Services
 
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "parameters"]
-# Replies over this size are encoded in a worker thread, off the event loop.
-_INLINE_BYTES = 64 << 10
 _MAX_TIMEOUT_US = 3_600_000_000
 _UNSUPPORTED_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
 
@@ -86,13 +83,6 @@ def _limits(svc: Services) -> V2Limits:
         max_classes=svc.settings.max_top_k,
         max_base64_chars=svc.settings.max_base64_chars,
     )
-
-
-async def _off_loop(size: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` inline for small replies, in a worker thread for large ones."""
-    if size <= _INLINE_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
 
 
 # -------------------------------------------------------------------------------------------
@@ -228,7 +218,10 @@ async def _outputs(svc: Services, req: InferRequest, run: TensorRun) -> list[Out
     return out
 
 
-async def _infer(svc: Services, request: Request, model: str, version: str | None) -> Response:
+async def _infer(request: Request, model: str, version: str | None) -> Response:
+    # The services and the rate limit without FastAPI's dependencies (deps.services_of).
+    svc = services_of(request)
+    await check_rate_limit(request, svc)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaType(
@@ -240,7 +233,7 @@ async def _infer(svc: Services, request: Request, model: str, version: str | Non
     dataplane = svc.dataplane
     admitted = await dataplane.admit(model_id, caller)
     req: InferRequest = await dataplane.offload(
-        decode_request, body, request.headers.get(HEADER_LENGTH), _limits(svc)
+        decode_request, body, request.headers.get(HEADER_LENGTH), _limits(svc), size=len(body)
     )
     timeout_ms = _timeout_ms(req.parameters)
     feeds = {t.name: t.array for t in req.inputs}
@@ -253,7 +246,7 @@ async def _infer(svc: Services, request: Request, model: str, version: str | Non
     if req.id is not None:
         header["id"] = req.id
     size = sum(o.array.nbytes for o in outputs)
-    content, json_length = await _off_loop(size, encode_response, header, outputs)
+    content, json_length = await svc.dataplane.offload(encode_response, header, outputs, size=size)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -265,26 +258,35 @@ async def _infer(svc: Services, request: Request, model: str, version: str | Non
 
 @router.post(
     "/models/{model}/infer",
-    dependencies=[RATE_LIMIT],
     response_model=V2InferResponse,
     responses=_INFER_RESPONSES,
     openapi_extra={**_INFER_BODY, **SIGNED_OR_OPEN},
 )
-async def infer(model: str, request: Request, svc: Svc) -> Response:
+async def infer(model: str, request: Request) -> Response:
     """Run the model: JSON tensors, or JSON followed by binary tensor data
     (``Inference-Header-Content-Length``). A BYTES input holding encoded images feeds an
     image model through its preprocessing; output ``parameters.classification: k`` returns
     the top ``k`` classes as ``"value:index:label"``."""
-    return await _infer(svc, request, model, None)
+    return await _infer(request, model, None)
 
 
 @router.post(
     "/models/{model}/versions/{version}/infer",
-    dependencies=[RATE_LIMIT],
     response_model=V2InferResponse,
     responses=_INFER_RESPONSES,
     openapi_extra={**_INFER_BODY, **SIGNED_OR_OPEN},
 )
-async def infer_version(model: str, version: str, request: Request, svc: Svc) -> Response:
+async def infer_version(model: str, version: str, request: Request) -> Response:
     """The same, for the model whose metadata version is ``version``."""
-    return await _infer(svc, request, model, version)
+    return await _infer(request, model, version)
+
+
+async def _infer_lane(request: Request, params: dict[str, str]) -> Response:
+    return await _infer(request, params["model"], params.get("version"))
+
+
+LANE = (
+    LaneRoute("/v2/models/{model}/infer", _infer_lane),
+    LaneRoute("/v2/models/{model}/versions/{version}/infer", _infer_lane),
+)
+"""These routes on the direct path (services/http/lane.py)."""
