@@ -139,6 +139,15 @@ async def execute(request: Request) -> JSONResponse:
     return _reply(result)
 
 
+class PredictQuery(BaseModel):
+    """The query of ``/api/models/{model_id}/predict`` (declared to FastAPI and checked by
+    :func:`predict_query` on the direct path)."""
+
+    top_k: int = Field(5, ge=0)
+    threshold: float = Field(0.0, ge=0.0, le=1.0)
+    timeout: int | None = Field(None, ge=1, le=3_600_000, description="ms")
+
+
 @router.post(
     "/api/models/{model_id}/predict",
     response_model=ExecuteResponse,
@@ -165,16 +174,14 @@ async def execute(request: Request) -> JSONResponse:
 async def predict_upload(
     model_id: str,
     request: Request,
-    top_k: Annotated[int, Query(ge=0)] = 5,
-    threshold: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
-    timeout: Annotated[int | None, Query(ge=1, le=3_600_000, description="ms")] = None,
+    query: Annotated[PredictQuery, Query()],
 ) -> JSONResponse:
     """The image as the raw request body (``image/*``, ``application/octet-stream``) or as a
     multipart ``file`` field: no base64 needed; or a tensor's raw bytes
     (``application/x-cidserve-tensor`` with ``X-Tensor-Dtype`` and ``X-Tensor-Shape``)."""
     svc = services_of(request)
     await check_rate_limit(request, svc)
-    _check_top_k(svc, top_k)
+    _check_top_k(svc, query.top_k)
     body = await request.body()  # read (bounded) once; the authenticator reuses it
     caller = await caller_of(svc, request)
     dataplane = svc.dataplane
@@ -183,7 +190,10 @@ async def predict_upload(
     decode = functools.partial(decode_upload, body, dict(request.headers), limits)
     payload = Deferred(decode, len(body))
     result = await dataplane.execute_admitted(
-        admitted, payload, Options(top_k=top_k, threshold=threshold), timeout_ms=timeout
+        admitted,
+        payload,
+        Options(top_k=query.top_k, threshold=query.threshold),
+        timeout_ms=query.timeout,
     )
     return _reply(result)
 
@@ -211,14 +221,6 @@ async def formats() -> JSONResponse:
     )
 
 
-class PredictQuery(BaseModel):
-    """The query of ``/api/models/{model_id}/predict``, as the route declares it."""
-
-    top_k: int = Field(5, ge=0)
-    threshold: float = Field(0.0, ge=0.0, le=1.0)
-    timeout: int | None = Field(None, ge=1, le=3_600_000)
-
-
 def predict_query(request: Request) -> PredictQuery:
     """The query parameters checked as FastAPI checks the route's (422 naming the field)."""
     try:
@@ -236,10 +238,7 @@ async def _execute_lane(request: Request, _: dict[str, str]) -> Response:
 
 
 async def _predict_lane(request: Request, params: dict[str, str]) -> Response:
-    query = predict_query(request)
-    return await predict_upload(
-        params["model_id"], request, query.top_k, query.threshold, query.timeout
-    )
+    return await predict_upload(params["model_id"], request, predict_query(request))
 
 
 LANE = (
