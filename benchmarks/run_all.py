@@ -21,9 +21,21 @@ Load: ``wrk`` with ``wrk_post.lua`` (1 thread at c=1, 2 above), a warm-up before
 points at c=1 and c=16, and c=64 for cidserve; after every wrk run the harness waits for the
 server to finish what wrk left in flight. Before a contender's points one request from
 Python checks that its top-1 class is raw's. Every point records the CPU of the harness, wrk,
-the server and the rest of the machine, and the load average. Ratios to raw are taken within a
-round; the report gives medians over rounds. Outputs: ``serving.json`` and ``serving.md`` in
-``--out`` (``serving.partial.*`` when interrupted).
+the server and the rest of the machine, and the load average.
+
+Ratios to raw: the machine's speed can change from one minute to the next, so every c=1 and
+c=16 point on the 224x224 JPEG (cidserve's three paths, every peer) gets its own raw figure,
+measured right next to it. Raw runs in this process, with the sessions of its own rows, for
+``--ref-duration`` seconds (default 2) just before the point (before its warm-up) and again just
+after it, once the server is idle; the point is divided by the mean of the two (by the clean
+one alone when other processes disturbed only one of them). At c=1 that is
+raw's p50 (the 2-thread session, sequential); at c=16 raw's best req/s (that session
+sequential or the two 1-thread sessions in parallel, each for half the window). When one point
+follows another of the same series, the window between them serves both. Points without such
+windows (raw's own rows, the 1024x768 line, c=64, the cache hits) are divided by raw's rows of
+the same round, which are kept for the absolute figures. The report gives medians over rounds
+of these per-point ratios. Outputs: ``serving.json`` and ``serving.md`` in ``--out``
+(``serving.partial.*`` when interrupted).
 
 Run from the repository root::
 
@@ -357,6 +369,22 @@ def raw_model(pub: bi.Published, intra_op_threads: int) -> bi.RawModel:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RawWindow:
+    """Raw ONNX Runtime over one short reference window next to a point. ``p50_ms``: the
+    2-thread session, sequential; ``rps``: raw's best req/s (that session or the two 1-thread
+    sessions in parallel), None when the window served c=1 points only; ``other``: the cores
+    the rest of the machine (the idle server included) used during the window."""
+
+    p50_ms: float | None
+    rps: float | None
+    other: float | None
+
+    def figure(self, concurrency: int) -> float | None:
+        """What a point at ``concurrency`` is divided by: the p50 at c=1, else the req/s."""
+        return self.p50_ms if concurrency == sr.LATENCY_C else self.rps
+
+
 def samples_point(
     base: sr.Point, samples: list[bi.Sample], wall: float, cores: dict[str, float | None]
 ) -> sr.Point:
@@ -443,6 +471,11 @@ class Bench:
             f"p50 {_num(lat.get('p50'))} p99 {_num(lat.get('p99'))} ms  "
             f"errors {point.error_count}  other {_num(point.cores.get('other'))} cores"
             + ("  (disturbed)" if point.disturbed else "")
+            + (
+                f"  raw ref {_num(point.raw_ref_before)} / {_num(point.raw_ref_after)}"
+                if point.raw_ref
+                else ""
+            )
         )
 
 
@@ -472,14 +505,55 @@ class Running:
         log(f"  the server still works {DRAIN_TIMEOUT_S:.0f} s after wrk stopped; going on")
 
 
+def referenced(bench: Bench, concurrency: int, input_: str) -> bool:
+    """Whether a point gets its own raw reference windows."""
+    return (
+        bench.args.ref_duration > 0
+        and input_ == sr.SMALL
+        and concurrency in (sr.LATENCY_C, sr.LOAD_C)
+    )
+
+
+def raw_window(bench: Bench, model: str, concurrencies: set[int]) -> RawWindow:
+    """Raw ONNX Runtime on the 224x224 JPEG for ``--ref-duration`` seconds, in this process,
+    with the sessions of raw's rows (as ``raw_round`` runs them): the 2-thread session
+    sequential and, when a point of ``concurrencies`` is at c=16, the two 1-thread sessions in
+    parallel, each for half the window. One call per session first, not counted."""
+    raw = bench.raw[model]
+    jpeg = bench.jpegs[sr.SMALL]
+    configs = [(raw.sequential,), *([raw.parallel] if sr.LOAD_C in concurrencies else [])]
+    seconds = bench.args.ref_duration / len(configs)
+    meter = Meter.start(lambda: None)  # the server's CPU counts as other: it should be idle
+    measured: list[sr.Point] = []
+    for models in configs:
+        callers = [m.caller(jpeg) for m in models]
+        for call in callers:
+            call()
+        make = itertools.cycle(callers).__next__
+        samples, wall = bi.closed_loop(make, len(models), seconds)
+        scratch = sr.Point(0, model, sr.RAW, "", sr.SMALL, len(models), 0, 0.0, 0.0)
+        measured.append(samples_point(scratch, samples, wall, {}))
+    cores, _ = meter.stop()
+    return RawWindow(
+        p50_ms=measured[0].p50,
+        rps=max(m.rps for m in measured) if len(measured) > 1 else None,
+        other=cores["other"],
+    )
+
+
 def measure_http(
     bench: Bench,
     point: sr.Point,
     url: str,
     req: peer_servers.Request,
     server: Running,
-) -> None:
-    """One wrk point (after a warm-up that is not counted) against a running server."""
+    reference: tuple[RawWindow, set[int]] | None = None,
+) -> RawWindow | None:
+    """One wrk point (after a warm-up that is not counted) against a running server.
+
+    ``reference``: the raw window taken just before the point, and the concurrencies the
+    window to take just after it serves (this point's, and the next point's when that one
+    follows at once). Both windows' figures go on the point; returns the window after."""
     body = bench.body_file(req.body)
     args = bench.args
     if args.warmup:
@@ -496,12 +570,25 @@ def measure_http(
     point.rps = round(result.rps, 2)
     point.errors = result.errors
     point.latency_ms = result.latency_ms
+    after = None
+    if reference is not None and server.proc.poll() is None:
+        before, serves = reference
+        after = raw_window(bench, point.model, serves)
+        windows = [before, after]
+        clean = [w for w in windows if (w.other or 0.0) <= sr.DISTURBED_CORES]
+        if len(clean) == 1:  # a window other processes disturbed is left out
+            windows = clean
+        point.raw_ref_before = before.figure(point.concurrency) if before in windows else None
+        point.raw_ref_after = after.figure(point.concurrency) if after in windows else None
+        others = [w.other for w in windows if w.other is not None]
+        point.raw_ref_other = max(others, default=None)
     bench.record(point)
     if server.proc.poll() is not None:
         raise RuntimeError(
             f"{point.contender} exited with {server.proc.returncode}:\n"
             + peer_servers.tail(server.log_path)
         )
+    return after
 
 
 def measure_series(
@@ -513,13 +600,25 @@ def measure_series(
     concurrency: tuple[int, ...],
     server: Running,
 ) -> None:
-    """The top-1 check, then a point at each concurrency."""
+    """The top-1 check, then a point at each concurrency, the c=1 and c=16 points on the
+    224x224 JPEG between raw reference windows (one window between two such points in a row)."""
     model, contender, path, input_ = names
     if bench.check(contender, path, model, input_, base + req.path, req) is None:
         return
-    for c in concurrency:
+    window: RawWindow | None = None  # the last window, while nothing has run since
+    for i, c in enumerate(concurrency):
         point = sr.Point(round_, model, contender, path, input_, c, 0, 0.0, 0.0)
-        measure_http(bench, point, base + req.path, req, server)
+        if not referenced(bench, c, input_):
+            measure_http(bench, point, base + req.path, req, server)
+            window = None
+            continue
+        if window is None or window.figure(c) is None:
+            server.wait_idle()
+            window = raw_window(bench, model, {c})
+        serves = {c}
+        if i + 1 < len(concurrency) and referenced(bench, concurrency[i + 1], input_):
+            serves.add(concurrency[i + 1])
+        window = measure_http(bench, point, base + req.path, req, server, (window, serves))
 
 
 def raw_round(bench: Bench, round_: int) -> None:
@@ -727,6 +826,7 @@ def document(
             "rounds": args.rounds,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
+            "ref_duration_s": args.ref_duration,
             "contenders": args.contenders,
             "cidserve_concurrency": list(args.cidserve_concurrency),
             "extras": args.extras,
@@ -788,13 +888,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=5, help="measured seconds per point")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up seconds before each point")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each point")
+    p.add_argument(
+        "--ref-duration",
+        type=float,
+        default=2.0,
+        help="seconds of raw ONNX Runtime just before and just after each c=1 and c=16 point, "
+        "the raw figure of that point's ratio (0: ratios to raw's rows of the round)",
+    )
     p.add_argument("--out", default="docs/benchmarks", help="directory for serving.json/.md")
     p.add_argument(
         "--quick",
         action="store_true",
         help="CI smoke run: raw and cidserve, the first model, 224x224, json/jpeg/v2 at c=1 "
-        "and c=16, one round of 1 s points",
+        "and c=16, one round of 1 s points and 1 s reference windows",
     )
     args = p.parse_args(argv)
 
@@ -812,12 +919,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.cidserve_concurrency = (sr.LATENCY_C, sr.LOAD_C, sr.HIGH_C)
     if args.quick:
         args.models = args.models[:1]
-        args.rounds, args.duration, args.warmup = 1, 1, 1
+        args.rounds, args.duration, args.warmup, args.ref_duration = 1, 1, 1, 1.0
         args.cidserve_concurrency = (sr.LATENCY_C, sr.LOAD_C)
     if not 1 <= args.rounds <= 20:
         p.error("--rounds must be in [1, 20]")
     if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         p.error("--duration must be in [1, 600] s and --warmup in [0, 60] s")
+    if not 0 <= args.ref_duration <= 60:
+        p.error("--ref-duration must be in [0, 60] s")
     return args
 
 

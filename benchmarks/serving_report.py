@@ -1,5 +1,5 @@
 """The arithmetic and the report of ``run_all.py``: measured points, their ratios to raw ONNX
-Runtime of the same round, medians over rounds, the targets' verdicts and the markdown.
+Runtime measured next to them, medians over rounds, the targets' verdicts and the markdown.
 
 Everything here is pure (no I/O, no clock), so it is tested on its own
 (``tests/benchmarks/test_serving_report.py``).
@@ -10,7 +10,13 @@ Vocabulary:
 * a *series* is the same point over every round;
 * the *raw baseline* of a round and model is raw ONNX Runtime on the 224x224 JPEG in that
   round: its p50 (one session of 2 intra-op threads, sequential) and its best throughput (that
-  session sequential, or two 1-thread sessions in parallel, whichever is higher).
+  session sequential, or two 1-thread sessions in parallel, whichever is higher);
+* a point's *raw reference* is the same figure (the p50 for a c=1 point, the best req/s for a
+  c=16 point) measured in two short windows, one just before the point and one just after it;
+  its ratio to raw is its figure over the mean of the two (over the clean one alone when
+  other processes disturbed only one of them). The machine's speed can change
+  within a round, so a point without a reference (raw's own rows, the cache-hit lines, c=64,
+  files from before references existed) falls back to the raw baseline of its round.
 """
 
 from __future__ import annotations
@@ -51,7 +57,10 @@ RPS_OVER_BEST_PEER_MIN = {"efficientnet-lite0": 1.10, "resnet18": 1.05}
 class Point:
     """One measurement. ``cores``: CPU used during it, in cores, by ``harness`` (this process;
     for raw the work itself), ``client`` (wrk), ``server`` and ``other`` (everything else on the
-    machine); ``load_average``: the 1-minute load average at its end."""
+    machine); ``load_average``: the 1-minute load average at its end. ``raw_ref_before`` and
+    ``raw_ref_after``: raw's figure in the reference windows just before and just after the
+    point (c=1: p50 in ms; c=16: best req/s), None where none was taken; ``raw_ref_other``: the
+    most *other* cores during those windows."""
 
     round: int
     model: str
@@ -66,6 +75,9 @@ class Point:
     latency_ms: dict[str, float] = field(default_factory=dict)
     cores: dict[str, float | None] = field(default_factory=dict)
     load_average: float | None = None
+    raw_ref_before: float | None = None
+    raw_ref_after: float | None = None
+    raw_ref_other: float | None = None
 
     @property
     def error_count(self) -> int:
@@ -78,6 +90,15 @@ class Point:
     @property
     def p50(self) -> float | None:
         return self.latency_ms.get("p50")
+
+    @property
+    def raw_ref(self) -> Sample | None:
+        """The mean of the reference windows' figures (disturbed when a window was), or None
+        without any."""
+        figures = [v for v in (self.raw_ref_before, self.raw_ref_after) if v is not None]
+        if not figures:
+            return None
+        return statistics.fmean(figures), (self.raw_ref_other or 0.0) > DISTURBED_CORES
 
     def series(self) -> tuple[str, str, str, str]:
         return (self.model, self.contender, self.path, self.input)
@@ -169,6 +190,30 @@ def raw_best_rps(points: list[Point], round_: int, model: str, input_: str = SMA
     return best.rps, best.disturbed
 
 
+def raw_p50_for(points: list[Point], p: Point) -> Sample:
+    """The raw p50 that ``p``'s p50 is divided by: its reference windows' at c=1, else the
+    raw baseline of its round."""
+    ref = p.raw_ref if p.concurrency == LATENCY_C else None
+    return ref or raw_p50(points, p.round, p.model, p.input)
+
+
+def raw_rps_for(points: list[Point], p: Point) -> Sample:
+    """The raw req/s that ``p``'s req/s is divided by: its reference windows' at c=16, else
+    the raw baseline's best of its round."""
+    ref = p.raw_ref if p.concurrency == LOAD_C else None
+    return ref or raw_best_rps(points, p.round, p.model, p.input)
+
+
+def p50_over_raw(points: list[Point], p: Point | None) -> Sample:
+    """``p``'s p50 over raw's (see ``raw_p50_for``)."""
+    return ratio(latency_sample(p), raw_p50_for(points, p)) if p else (None, False)
+
+
+def rps_over_raw(points: list[Point], p: Point | None) -> Sample:
+    """``p``'s req/s over raw's (see ``raw_rps_for``)."""
+    return ratio(rps_sample(p), raw_rps_for(points, p)) if p else (None, False)
+
+
 def latency_sample(p: Point | None) -> Sample:
     return (p.p50, p.disturbed) if p else (None, False)
 
@@ -243,13 +288,9 @@ def _row(points: list[Point], key: tuple[str, str, str, str]) -> Row:
         path=path,
         input=input_,
         p50=cell(latency_sample(p) for p in latency),
-        p50_over_raw=cell(
-            ratio(latency_sample(p), raw_p50(points, p.round, model, input_)) for p in latency
-        ),
+        p50_over_raw=cell(p50_over_raw(points, p) for p in latency),
         rps=cell(rps_sample(p) for p in load),
-        rps_over_raw=cell(
-            ratio(rps_sample(p), raw_best_rps(points, p.round, model, input_)) for p in load
-        ),
+        rps_over_raw=cell(rps_over_raw(points, p) for p in load),
         p99=cell((p.latency_ms.get("p99"), p.disturbed) for p in load if contender != RAW),
         tail=cell(
             ratio((p.latency_ms.get("p99"), p.disturbed), latency_sample(p))
@@ -399,23 +440,56 @@ def _best_peer(points: list[Point], round_: int, model: str, concurrency: int) -
     ]
 
 
+Figure = Callable[[Point | None], Sample]
+OverRaw = Callable[[list[Point], Point | None], Sample]
+
+
+def _versus(
+    points: list[Point], mine: Point | None, peer: Point | None, figure: Figure, over_raw: OverRaw
+) -> Sample:
+    """cidserve's figure over a peer's. When both points have a raw reference, the ratio of
+    their ratios to raw (each taken against raw measured next to it, so a change of the
+    machine's speed between the two points cancels out); else the ratio of the figures."""
+    if mine is not None and peer is not None and None not in (mine.raw_ref, peer.raw_ref):
+        return ratio(over_raw(points, mine), over_raw(points, peer))
+    return ratio(figure(mine), figure(peer))
+
+
+def _ranking(
+    points: list[Point], peers: list[Point], figure: Figure, over_raw: OverRaw, missing: float
+) -> Callable[[Point], float]:
+    """The key the peers of one round are ranked by: their ratio to raw when every one has a
+    raw reference, else the figure itself; ``missing`` where there is no value."""
+    normalised = bool(peers) and all(p.raw_ref is not None for p in peers)
+
+    def key(p: Point) -> float:
+        value = over_raw(points, p)[0] if normalised else figure(p)[0]
+        return missing if value is None else value
+
+    return key
+
+
 def _peer_targets(points: list[Point], model: str) -> list[Verdict]:
     p50_samples: list[Sample] = []
     rps_samples: list[Sample] = []
     for r in rounds_of(points):
         peers_c1 = _best_peer(points, r, model, LATENCY_C)
         peers_c16 = _best_peer(points, r, model, LOAD_C)
-        fastest = min(peers_c1, key=lambda p: p.p50 or float("inf"), default=None)
-        busiest = max(peers_c16, key=lambda p: p.rps, default=None)
-        p50_samples.append(
-            ratio(
-                latency_sample(find(points, r, model, CIDSERVE, "json", LATENCY_C)),
-                latency_sample(fastest),
-            )
+        inf = float("inf")
+        fastest = min(
+            peers_c1,
+            key=_ranking(points, peers_c1, latency_sample, p50_over_raw, inf),
+            default=None,
         )
-        rps_samples.append(
-            ratio(rps_sample(find(points, r, model, CIDSERVE, "json", LOAD_C)), rps_sample(busiest))
+        busiest = max(
+            peers_c16,
+            key=_ranking(points, peers_c16, rps_sample, rps_over_raw, -inf),
+            default=None,
         )
+        mine_c1 = find(points, r, model, CIDSERVE, "json", LATENCY_C)
+        mine_c16 = find(points, r, model, CIDSERVE, "json", LOAD_C)
+        p50_samples.append(_versus(points, mine_c1, fastest, latency_sample, p50_over_raw))
+        rps_samples.append(_versus(points, mine_c16, busiest, rps_sample, rps_over_raw))
     rps_min = RPS_OVER_BEST_PEER_MIN.get(model, max(RPS_OVER_BEST_PEER_MIN.values()))
     return [
         verdict(
@@ -477,6 +551,18 @@ def _verdict_line(v: Verdict) -> str:
     return f"| {v.target} | {v.model} | {v.subject} | {v.value.text(digits, v.unit)} | {state} |"
 
 
+def _reference(p: Point) -> str:
+    """``before / after``: raw's figure in the point's reference windows (p50 in ms at c=1,
+    best req/s at c=16), ``*`` when a window was disturbed; ``–`` without any."""
+    ref = p.raw_ref
+    if ref is None:
+        return "–"
+    digits = 2 if p.concurrency == LATENCY_C else 1
+    figures = (p.raw_ref_before, p.raw_ref_after)
+    text = " / ".join("–" if v is None else f"{v:.{digits}f}" for v in figures)
+    return text + ("*" if ref[1] else "")
+
+
 def _point_line(p: Point) -> str:
     lat = p.latency_ms
     errors = ", ".join(f"{k} {n}" for k, n in p.errors.items() if n) or "0"
@@ -493,6 +579,7 @@ def _point_line(p: Point) -> str:
         str(p.requests),
         f"{p.rps:.1f}",
         *(f"{lat[k]:.2f}" if k in lat else "–" for k in ("p50", "p90", "p99")),
+        _reference(p),
         errors,
         *cores,
         other,
@@ -510,7 +597,7 @@ def render(doc: dict[str, Any], points: list[Point], verdicts: list[Verdict]) ->
         *([f"**Failures: {'; '.join(doc['failures'])}**", ""] if doc.get("failures") else []),
         *_header(doc),
         "",
-        *_legend(doc, {p.contender for p in points}),
+        *_legend(doc, {p.contender for p in points}, any(p.raw_ref for p in points)),
     ]
     rows = build_rows(points)
     for model, description in doc["models"].items():
@@ -529,12 +616,15 @@ def render(doc: dict[str, Any], points: list[Point], verdicts: list[Verdict]) ->
         "",
         "## Every point",
         "",
-        "Cores: *harness* = this process (for raw the work itself), *client* = wrk, *server* "
-        "= the server's process group and descendants, *other* = the rest of the machine.",
+        "*raw before / after*: raw ONNX Runtime in the reference windows just before and just "
+        "after the point (c=1: its p50 in ms; c=16: its best req/s; `*`: a window was "
+        "disturbed). Cores: *harness* = this process (for raw the work itself), *client* = wrk, "
+        "*server* = the server's process group and descendants, *other* = the rest of the "
+        "machine.",
         "",
         "| round | model | contender | path | input | c | requests | req/s | p50 | p90 | p99 "
-        "| errors | harness | client | server | other | load |",
-        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- "
+        "| raw before / after | errors | harness | client | server | other | load |",
+        "| ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- "
         "| ---: | ---: | ---: | ---: | ---: |",
         *map(_point_line, points),
     ]
@@ -556,7 +646,12 @@ def _header(doc: dict[str, Any]) -> list[str]:
         "cache off (`CIDSERVE_PREDICTION_CACHE=false`, models published with "
         "`cache_predictions: false`) except on the cache-hit lines",
         f"- {cfg['rounds']} round(s); per point {cfg['warmup_s']} s of warm-up (not counted), "
-        f"then {cfg['duration_s']} s measured; wrk {cfg['wrk']} (1 thread at c=1, 2 above)",
+        f"then {cfg['duration_s']} s measured; wrk {cfg['wrk']} (1 thread at c=1, 2 above)"
+        + (
+            f"; raw reference windows of {cfg['ref_duration_s']:g} s"
+            if cfg.get("ref_duration_s")
+            else ""
+        ),
     ]
     for name, why in doc.get("peer_failures", {}).items():
         lines.append(f"- **{name} did not start**: {why}")
@@ -588,10 +683,32 @@ def _peer_text(about: Any) -> str:
     return f"{about.get('path', '')} ({settings})" if settings else str(about.get("path", ""))
 
 
-def _legend(doc: dict[str, Any], contenders: set[str]) -> list[str]:
-    lines = [
+def _ratio_text(doc: dict[str, Any], referenced: bool) -> str:
+    """How the ratios to raw were taken: against raw measured next to each point when the
+    points have raw references, else against raw of the same round."""
+    if not referenced:
+        return (
+            "Medians over rounds; the ratios are medians of per-round ratios to raw ONNX Runtime "
+            "of the same round (p50 at c=1 / raw p50; req/s at c=16 / raw's best req/s)."
+        )
+    seconds = doc.get("config", {}).get("ref_duration_s")
+    window = f"{seconds:g} s" if seconds else "a few seconds"
+    return (
         "Medians over rounds; the ratios are medians of per-round ratios to raw ONNX Runtime "
-        "of the same round (p50 at c=1 / raw p50; req/s at c=16 / raw's best req/s). Latency "
+        "measured right next to the point, because this machine's speed can change from one "
+        f"minute to the next: raw runs for {window} just before each c=1 and c=16 point and "
+        f"{window} just after it (with the server idle; consecutive points share the window "
+        "between them), and the point is divided by the mean of the two, or by the clean one "
+        "when other processes disturbed only one (p50 at c=1 / raw "
+        "p50; req/s at c=16 / raw's best req/s). Raw's own rows and the cache-hit lines have "
+        "no such windows and are divided by raw's rows of the same round. cidserve against the "
+        "best peer: the ratio of their ratios to raw."
+    )
+
+
+def _legend(doc: dict[str, Any], contenders: set[str], referenced: bool) -> list[str]:
+    lines = [
+        _ratio_text(doc, referenced) + " Latency "
         "in ms. `*`: a point of that figure ran while other processes used more than "
         f"{DISTURBED_CORES} cores (*other cores*: the most over the row's points; *load*: the "
         "highest 1-minute load average at the end of a point); read it as disturbed.",

@@ -234,11 +234,12 @@ class Settings(BaseSettings):
         "intra_op_threads is 0) and no batching across requests (docs/PERFORMANCE.md).",
     )
     inference_workers: int = Field(
-        default_factory=lambda: min(os.cpu_count() or 1, 256),
+        default_factory=lambda: min(2 * (os.cpu_count() or 1), 256),
         ge=1,
         le=256,
         description="Requests run at the same time (threads that each decode, preprocess, "
-        "run and postprocess one request); default: one per core.",
+        "run and postprocess one request); default: two per core (a worker waiting for the "
+        "GIL leaves its core to another's run; docs/PERFORMANCE.md).",
     )
     optimized_model_cache: bool = Field(
         True,

@@ -38,7 +38,7 @@ from services.repository.session_cache import SessionCache
 from services.runtime.admission import Slots
 from services.runtime.batching import BatchPolicy
 from services.runtime.memory import default_session_budget
-from services.runtime.occupancy import Occupancy
+from services.runtime.occupancy import Occupancy, usable_cores
 from services.runtime.options import SessionConfig
 from services.runtime.probe import SessionProbe
 from services.runtime.providers import select_providers
@@ -210,7 +210,8 @@ def build_services(
             enabled=settings.batch_enabled,
             max_size=settings.batch_max_size,
             max_delay_ms=settings.batch_max_delay_ms,
-            max_inflight=settings.inference_workers,
+            # batches of one model in flight: no more than the cores (larger batches)
+            max_inflight=min(settings.inference_workers, usable_cores()),
             # Deterministic: no run mixes rows of different requests (no model is trusted).
             trusted_cids=frozenset() if settings.deterministic else settings.batch_trusted_cids,
         ),

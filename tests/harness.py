@@ -16,6 +16,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from services.cli.serve import server_impls
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -24,13 +26,19 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """Runs an ASGI app under uvicorn in a background thread on 127.0.0.1:<free port>."""
+    """Runs an ASGI app under uvicorn in a background thread on 127.0.0.1:<free port>, with
+    the event loop and HTTP protocol ``cidserve serve`` uses."""
 
     def __init__(self, app: FastAPI, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            **server_impls(),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.cli.preflight import PreflightError, check_serve
 from services.settings import Settings
@@ -81,16 +82,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
-def server_impls() -> dict[str, str]:
-    """uvicorn's event loop and HTTP parser: uvloop and httptools (core dependencies; they
-    cut the gateway's CPU per request, see docs/PERFORMANCE.md), asyncio and h11 where a
-    platform lacks them."""
+def server_impls() -> dict[str, Any]:
+    """uvicorn's event loop and HTTP protocol: uvloop and httptools (core dependencies; they
+    cut the gateway's CPU per request, see docs/PERFORMANCE.md), the latter as
+    :class:`~services.http.protocol.HttpProtocol` (a response's head and body in one write);
+    asyncio and h11 where a platform lacks them."""
     import importlib.util
 
-    return {
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-    }
+    http: Any = "h11"
+    if importlib.util.find_spec("httptools"):
+        from services.http.protocol import HttpProtocol
+
+        http = HttpProtocol
+    return {"loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio", "http": http}
 
 
 def _serve_workers(args: argparse.Namespace, settings: Settings, services: Services) -> int:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 
 import orjson
@@ -243,7 +243,7 @@ def _request_id(scope: Scope) -> str:
             if _SANE_ID.fullmatch(value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class RequestMiddleware:

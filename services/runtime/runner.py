@@ -17,17 +17,18 @@ sees every row of its run and may move them, so that is the operator's call for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from services.runtime.batching import BatchPolicy, DynamicBatcher, batchable
-from services.runtime.errors import RunTimeout, consume_outcome
+from services.runtime.errors import RunTimeout
 from services.runtime.occupancy import Occupancy
 
 if TYPE_CHECKING:
@@ -61,6 +62,46 @@ class Run:
         values = session.run(runner.output_names, feeds, self.options)
         self.seconds += time.perf_counter() - t0
         return dict(zip(runner.output_names, values, strict=True))
+
+
+def _back_to_loop(
+    loop: asyncio.AbstractEventLoop,
+    occupancy: Occupancy,
+    waiter: asyncio.Future[T],
+    job: Future[T],
+) -> None:
+    """A job's done-callback (in the worker, or on the loop for a job cancelled before it
+    started): :func:`_settle` on the loop; nothing once the loop is closed (shutdown)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, occupancy, job, waiter)
+
+
+def _settle(occupancy: Occupancy, job: Future[T], waiter: asyncio.Future[T]) -> None:
+    """On the loop, when a job of :meth:`ModelRunner.call` has ended (or was cancelled before
+    it started): its place in the pool is free; its outcome goes to the waiter, or nowhere when
+    the waiter was answered already (deadline, cancellation)."""
+    occupancy.leave()
+    if waiter.done():
+        if not job.cancelled():
+            job.exception()  # retrieved: nothing is logged for an outcome nobody awaits
+        return
+    if job.cancelled():
+        waiter.cancel()
+    elif (exc := job.exception()) is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(job.result())
+
+
+def _expire(waiter: asyncio.Future[T], run: Run, job: Future[T], timeout_s: float) -> None:
+    """On the loop, at a call's deadline: the run is told to terminate (a running
+    ``session.run`` stops within milliseconds and frees its worker; a queued job is dropped)
+    and the caller gets :class:`RunTimeout`."""
+    if waiter.done():
+        return
+    run.options.terminate = True
+    job.cancel()
+    waiter.set_exception(RunTimeout(f"inference did not finish within {timeout_s * 1000:.0f} ms"))
 
 
 class ModelRunner:
@@ -152,24 +193,28 @@ class ModelRunner:
         loop = asyncio.get_running_loop()
         run = Run(self, time.monotonic() + timeout_s)
         occupancy = self._occupancy
+        waiter: asyncio.Future[T] = loop.create_future()
         occupancy.enter()
         try:
-            fut = loop.run_in_executor(self._executor, work, run)
+            job = self._executor.submit(work, run)
         except BaseException:
             occupancy.leave()
             raise
-        fut.add_done_callback(occupancy.leave)
+        # One hop back to the loop when the job ends: the worker's done-callback schedules
+        # _settle, which frees the job's place in the pool and hands its outcome to the waiter
+        # (unless the deadline or a cancellation answered first).
+        job.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(_settle, occupancy, done, waiter)
+        )
+        timer = loop.call_later(timeout_s, _expire, waiter, run, job, timeout_s)
         try:
-            result = await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            run.options.terminate = True
-            fut.cancel()
-            fut.add_done_callback(consume_outcome)
-            raise RunTimeout(f"inference did not finish within {timeout_s * 1000:.0f} ms") from None
+            result = await waiter
         except asyncio.CancelledError:
             run.options.terminate = True
-            fut.add_done_callback(consume_outcome)
+            job.cancel()
             raise
+        finally:
+            timer.cancel()
         return result, run.seconds
 
     async def run(

@@ -1,10 +1,13 @@
 """The serving benchmark's own plumbing (benchmarks/run_all.py), without timing anything:
-reading wrk's summary, the wrk command line and what ``--quick`` selects."""
+reading wrk's summary, the wrk command line, what ``--quick`` selects and where the raw
+reference windows go around a series of points."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -64,8 +67,9 @@ def test_quick_selects_raw_and_cidserve_on_one_model() -> None:
     assert (args.rounds, args.cidserve_concurrency, args.extras) == (1, (1, 16), False)
     full = run_all.parse_args(["--contenders", "cidserve,raw"])
     assert full.contenders == ["raw", "cidserve"]  # raw always first: ratios are per round
-    assert (full.rounds, full.duration, full.warmup) == (3, 5, 2)
+    assert (full.rounds, full.duration, full.warmup, full.ref_duration) == (3, 5, 1, 2.0)
     assert full.cidserve_concurrency == (1, 16, 64) and full.extras
+    assert args.ref_duration == 1.0
 
 
 def test_unknown_contender_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,3 +77,79 @@ def test_unknown_contender_is_refused(capsys: pytest.CaptureFixture[str]) -> Non
         run_all.parse_args(["--contenders", "raw,triton-grpc"])
     assert exc.value.code == 2
     assert "triton-grpc" in capsys.readouterr().err
+
+
+class IdleServer:
+    """Stands in for ``run_all.Running``: alive, idle, its CPU unknown."""
+
+    proc = SimpleNamespace(poll=lambda: None)
+    log_path = Path("/dev/null")
+
+    def cpu_s(self) -> float | None:
+        return None
+
+    def wait_idle(self) -> None:
+        pass
+
+
+def test_reference_windows_sit_around_each_point_and_are_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[Any] = []
+    windows = iter(
+        [
+            run_all.RawWindow(p50_ms=10.0, rps=None, other=0.0),  # before c=1
+            run_all.RawWindow(p50_ms=12.0, rps=200.0, other=0.5),  # c=1 -> c=16
+            run_all.RawWindow(p50_ms=11.0, rps=180.0, other=0.0),  # after c=16
+        ]
+    )
+
+    def raw_window(_bench: object, model: str, serves: set[int]) -> run_all.RawWindow:
+        events.append(("raw", model, sorted(serves)))
+        return next(windows)
+
+    def run_wrk(cmd: list[str], seconds: int) -> run_all.WrkResult:
+        events.append(("wrk", cmd[2], seconds))
+        return run_all.WrkResult(100, float(seconds), {}, {"p50": 9.0, "p99": 12.0})
+
+    monkeypatch.setattr(run_all, "raw_window", raw_window)
+    monkeypatch.setattr(run_all, "run_wrk", run_wrk)
+    monkeypatch.setattr(run_all.Bench, "check", lambda *_: {})
+    args = run_all.parse_args(["--duration", "5", "--warmup", "1"])
+    bench = run_all.Bench(args, tmp_path)
+    req = run_all.peer_servers.Request("/p", b"{}", {}, lambda _: 0)
+    names = ("m", "cidserve", "json", run_all.sr.SMALL)
+    run_all.measure_series(bench, 1, names, "http://h", req, (1, 16, 64), IdleServer())  # type: ignore[arg-type]
+
+    assert events == [
+        ("raw", "m", [1]),
+        ("wrk", "-c1", 1),  # warm-up
+        ("wrk", "-c1", 5),
+        ("raw", "m", [1, 16]),  # after c=1, before c=16
+        ("wrk", "-c16", 1),
+        ("wrk", "-c16", 5),
+        ("raw", "m", [16]),
+        ("wrk", "-c64", 1),  # c=64: no reference
+        ("wrk", "-c64", 5),
+    ]
+    c1, c16, c64 = bench.points
+    # 0.5 other cores in the shared window: disturbed, so each point keeps its clean window
+    assert (c1.raw_ref_before, c1.raw_ref_after, c1.raw_ref_other) == (10.0, None, 0.0)
+    assert (c16.raw_ref_before, c16.raw_ref_after, c16.raw_ref_other) == (None, 180.0, 0.0)
+    assert c16.raw_ref == (180.0, False)
+    assert c64.raw_ref is None and c64.raw_ref_before is None
+
+
+def test_no_reference_windows_at_ref_duration_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_all, "raw_window", lambda *_: pytest.fail("no window expected"))
+    monkeypatch.setattr(
+        run_all, "run_wrk", lambda _cmd, s: run_all.WrkResult(10, float(s), {}, {"p50": 1.0})
+    )
+    monkeypatch.setattr(run_all.Bench, "check", lambda *_: {})
+    bench = run_all.Bench(run_all.parse_args(["--ref-duration", "0", "--warmup", "0"]), tmp_path)
+    req = run_all.peer_servers.Request("/p", b"{}", {}, lambda _: 0)
+    names = ("m", "kserve", "image", run_all.sr.SMALL)
+    run_all.measure_series(bench, 1, names, "http://h", req, (1, 16), IdleServer())  # type: ignore[arg-type]
+    assert [p.raw_ref for p in bench.points] == [None, None]

@@ -1,5 +1,6 @@
 """The arithmetic of the serving benchmark's report (benchmarks/serving_report.py): ratios to
-raw taken within a round, medians over rounds, the disturbed marks and the targets' verdicts."""
+raw measured next to each point (else within a round), medians over rounds, the disturbed marks
+and the targets' verdicts."""
 
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ def test_markdown_has_a_table_per_model_and_the_targets() -> None:
         "peer_failures": {"kserve": "RuntimeError: no venv"},
     }
     text = sr.render(doc, points, sr.targets(points, [MODEL]))
+    assert "of the same round (p50 at c=1" in text  # no reference windows: ratios per round
     assert "## EfficientNet-Lite0" in text and "## ResNet-18" not in text
     assert "| cidserve | v2 | 224x224 | 10.00 | 1.00 | 160.0 | 1.07 | 150.00 | 1.50 |" in text
     assert "| 0.50* |" in text  # the disturbed c=64 point
@@ -171,3 +173,125 @@ def test_markdown_has_a_table_per_model_and_the_targets() -> None:
         "| req/s at c=16 >= 1.00x raw best | efficientnet-lite0 | cidserve v2 | 1.07x | met |"
         in text
     )
+
+
+def referenced(p: sr.Point, before: float | None, after: float | None, other: float = 0.0):
+    p.raw_ref_before, p.raw_ref_after, p.raw_ref_other = before, after, other
+    return p
+
+
+def test_ratios_take_the_raw_measured_next_to_each_point() -> None:
+    """The round's raw rows are from a slow minute (p50 20, 50 req/s); the references say the
+    machine was fast while cidserve ran: each point is divided by its own references."""
+    points = []
+    for r, (ref_p50, ref_rps) in enumerate(
+        [
+            ((9.0, 11.0), (140.0, 160.0)),
+            ((10.0, None), (None, 120.0)),
+            ((12.0, 12.0), (100.0, 100.0)),
+        ],
+        1,
+    ):
+        c1, c16, c64 = cidserve(r, "json", 12.0, 150.0)
+        points += [
+            *raw(r, 20.0, 50.0, 40.0),
+            referenced(c1, *ref_p50),
+            referenced(c16, *ref_rps),
+            c64,
+        ]
+    (row,) = [r for r in sr.build_rows(points) if r.contender == sr.CIDSERVE]
+    # p50 12 over 10, 10 (one window), 12 -> 1.2, 1.2, 1.0; against the round's raw: 0.6
+    assert row.p50_over_raw.value == pytest.approx(1.2)
+    # req/s 150 over 150, 120, 100 -> 1.0, 1.25, 1.5; against the round's raw: 3.0
+    assert row.rps_over_raw.value == pytest.approx(1.25)
+    assert not row.p50_over_raw.disturbed
+    # raw's own rows keep their round figures
+    seq = next(r for r in sr.build_rows(points) if r.path == sr.RAW_SEQUENTIAL)
+    assert seq.p50.value == 20.0 and seq.p50_over_raw.value == 1.0
+    verdicts = {(v.subject, v.target): v for v in sr.targets(points, [MODEL])}
+    assert verdicts[("cidserve json", "req/s at c=16 >= 1.00x raw best")].value.value == 1.25
+
+
+def test_a_point_without_references_falls_back_to_its_round() -> None:
+    c1, c16, c64 = cidserve(1, "jpeg", 12.0, 150.0)
+    points = [*raw(1, 10.0, 100.0, 150.0), referenced(c1, 6.0, 6.0), c16, c64]
+    (row,) = [r for r in sr.build_rows(points) if r.contender == sr.CIDSERVE]
+    assert row.p50_over_raw.value == pytest.approx(2.0)  # its references
+    assert row.rps_over_raw.value == pytest.approx(1.0)  # raw's best of the round: 150
+
+
+def test_a_disturbed_reference_window_marks_the_ratio() -> None:
+    c1, c16, _ = cidserve(1, "v2", 12.0, 150.0)
+    points = [referenced(c1, 10.0, 10.0, other=0.8), referenced(c16, 150.0, 150.0)]
+    (row,) = sr.build_rows(points)
+    assert row.p50_over_raw.text(2) == "1.20*"
+    assert row.rps_over_raw.text(2) == "1.00"
+    assert not row.p50.disturbed
+
+
+def test_peer_targets_compare_ratios_to_raw_when_referenced() -> None:
+    """cidserve ran in a slow minute (raw p50 10 next to it), kserve in a fast one (raw p50 5):
+    2.0x raw against 3.2x raw, not 20 ms against 16 ms."""
+    c1, c16, _ = cidserve(1, "json", 20.0, 100.0)
+    points = [referenced(c1, 10.0, 10.0), referenced(c16, 100.0, 100.0)]
+    for name, p50, ref_p50, rps, ref_rps in (
+        ("kserve", 16.0, 5.0, 120.0, 200.0),  # 3.2x raw; 0.6x raw
+        ("mlserver", 30.0, 10.0, 90.0, 100.0),  # 3.0x raw: the best at c=1; 0.9x raw: at c=16
+    ):
+        points += [
+            referenced(point(1, name, sr.PEER_PATH, 1, p50, 50.0), ref_p50, ref_p50),
+            referenced(point(1, name, sr.PEER_PATH, 16, p50 * 10, rps), ref_rps, ref_rps),
+        ]
+    verdicts = {v.target: v for v in sr.targets(points, [MODEL])}
+    assert verdicts["p50 at c=1 <= 0.6x the best peer's"].value.value == pytest.approx(2.0 / 3.0)
+    throughput = verdicts["req/s at c=16 >= 1.10x the best peer's"]
+    assert throughput.value.value == pytest.approx(1.0 / 0.9)
+    assert throughput.met is True
+
+
+def test_references_are_shown_and_old_points_still_load() -> None:
+    c1, c16, c64 = cidserve(1, "json", 10.0, 160.0)
+    points = [
+        *raw(1, 10.0, 100.0, 150.0),
+        referenced(c1, 9.5, 10.5),
+        referenced(c16, 150.0, 170.0, other=0.6),
+        c64,
+    ]
+    doc = {
+        "command": "run_all.py",
+        "date_utc": "now",
+        "wall_s": 1.0,
+        "machine": {
+            "cpu_model": "cpu",
+            "logical_cpus": 2,
+            "usable_cpus": 2,
+            "memory_gb": 1,
+            "kernel": "k",
+        },
+        "load_average_start": [],
+        "load_average_end": [],
+        "versions": {},
+        "server_settings": {},
+        "models": {MODEL: "EfficientNet-Lite0"},
+        "config": {
+            "rounds": 1,
+            "duration_s": 5,
+            "warmup_s": 1,
+            "ref_duration_s": 2.0,
+            "wrk": "4.1",
+        },
+    }
+    text = sr.render(doc, points, sr.targets(points, [MODEL]))
+    assert "raw runs for 2 s just before each c=1 and c=16 point" in text
+    assert "raw reference windows of 2 s" in text
+    assert "| cidserve | json | 224x224 | 10.00 | 1.00 | 160.0 | 1.00* |" in text
+    assert "| 9.50 / 10.50 |" in text and "| 150.0 / 170.0* |" in text
+    assert c1.to_json()["raw_ref_before"] == 9.5
+    # a point of an earlier serving.json, without the reference fields
+    old = {k: v for k, v in c1.to_json().items() if not k.startswith("raw_ref")}
+    again = sr.Point(**old)
+    assert again.raw_ref is None
+    (row,) = [
+        r for r in sr.build_rows([*raw(1, 8.0, 100.0, 150.0), again]) if r.contender == sr.CIDSERVE
+    ]
+    assert row.p50_over_raw.value == pytest.approx(10.0 / 8.0)

@@ -88,6 +88,29 @@ def test_classification_bad_outputs() -> None:
         run({"out": np.zeros((2, 3))}, {}, Options())
 
 
+def test_classification_top_k_matches_a_full_sort_with_ties() -> None:
+    """The top k come out as a full sort would give them: best first, ties by lower id, also
+    when the k-th value is tied with classes left out."""
+    run = postprocessor(ClassificationPostprocessing(), [1, 50])
+    rng = np.random.default_rng(7)
+    for trial in range(200):
+        logits = rng.integers(0, 6 if trial % 2 else 1000, size=(1, 50)).astype(np.float32)
+        k = int(rng.integers(1, 8))
+        result = run({"out": logits}, {}, Options(top_k=k))
+        order = sorted(range(50), key=lambda i: (-float(logits[0, i]), i))[:k]
+        assert [p["class_id"] for p in result.predictions] == order
+
+
+def test_classification_non_finite_scores_are_refused_quietly() -> None:
+    run = postprocessor(ClassificationPostprocessing(), ["batch", 3])
+    for bad in (np.inf, -np.inf, np.nan):
+        with (
+            np.errstate(all="raise"),
+            pytest.raises(PostprocessingError, match="non-finite"),
+        ):
+            run({"out": np.array([[0.0, bad, 1.0]])}, {}, Options())
+
+
 # --- score -------------------------------------------------------------------------------------
 
 
