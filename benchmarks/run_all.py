@@ -31,11 +31,12 @@ after it, once the server is idle; the point is divided by the mean of the two (
 one alone when other processes disturbed only one of them). At c=1 that is
 raw's p50 (the 2-thread session, sequential); at c=16 raw's best req/s (that session
 sequential or the two 1-thread sessions in parallel, each for half the window). When one point
-follows another of the same series, the window between them serves both. Points without such
-windows (raw's own rows, the 1024x768 line, c=64, the cache hits) are divided by raw's rows of
-the same round, which are kept for the absolute figures. The report gives medians over rounds
-of these per-point ratios. Outputs: ``serving.json`` and ``serving.md`` in ``--out``
-(``serving.partial.*`` when interrupted).
+follows another of the same series, the window between them serves both. The 1024x768 point
+(c=1) gets windows too: its cost against the 224x224 photo is the ratio of the two points'
+ratios to raw. Points without windows (raw's own rows, c=64, the cache hits) are divided by
+raw's rows of the same round, which are kept for the absolute figures. The report gives
+medians over rounds of these per-point ratios. Outputs: ``serving.json`` and ``serving.md``
+in ``--out`` (``serving.partial.*`` when interrupted).
 
 Run from the repository root::
 
@@ -506,12 +507,14 @@ class Running:
 
 
 def referenced(bench: Bench, concurrency: int, input_: str) -> bool:
-    """Whether a point gets its own raw reference windows."""
-    return (
-        bench.args.ref_duration > 0
-        and input_ == sr.SMALL
-        and concurrency in (sr.LATENCY_C, sr.LOAD_C)
-    )
+    """Whether a point gets its own raw reference windows: the c=1 and c=16 points on the
+    224x224 JPEG, and the 1024x768 one at c=1 (its cost is compared with the 224x224 one's,
+    each over raw measured next to it)."""
+    if bench.args.ref_duration <= 0:
+        return False
+    if input_ == sr.LARGE:
+        return concurrency == sr.LATENCY_C
+    return input_ == sr.SMALL and concurrency in (sr.LATENCY_C, sr.LOAD_C)
 
 
 def raw_window(bench: Bench, model: str, concurrencies: set[int]) -> RawWindow:

@@ -153,3 +153,12 @@ def test_no_reference_windows_at_ref_duration_0(
     names = ("m", "kserve", "image", run_all.sr.SMALL)
     run_all.measure_series(bench, 1, names, "http://h", req, (1, 16), IdleServer())  # type: ignore[arg-type]
     assert [p.raw_ref for p in bench.points] == [None, None]
+
+
+def test_which_points_get_reference_windows(tmp_path: Path) -> None:
+    bench = run_all.Bench(run_all.parse_args([]), tmp_path)
+    small, large = run_all.sr.SMALL, run_all.sr.LARGE
+    assert [run_all.referenced(bench, c, small) for c in (1, 16, 64)] == [True, True, False]
+    assert [run_all.referenced(bench, c, large) for c in (1, 16)] == [True, False]
+    off = run_all.Bench(run_all.parse_args(["--ref-duration", "0"]), tmp_path)
+    assert not run_all.referenced(off, 1, small) and not run_all.referenced(off, 1, large)

@@ -295,3 +295,23 @@ def test_references_are_shown_and_old_points_still_load() -> None:
         r for r in sr.build_rows([*raw(1, 8.0, 100.0, 150.0), again]) if r.contender == sr.CIDSERVE
     ]
     assert row.p50_over_raw.value == pytest.approx(10.0 / 8.0)
+
+
+def test_the_large_photo_is_compared_at_the_speed_of_each_point() -> None:
+    """The 224x224 point ran in a slow minute (raw 9 ms next to it), the 1024x768 one in a fast
+    one (raw 6 ms): each over its own raw, 12/6 against 12/9 is 1.5x, not the 1.0x of the
+    plain ratio; without references the plain ratio stays."""
+    c1, c16, c64 = cidserve(1, "json", 12.0, 150.0)
+    large = point(1, sr.CIDSERVE, "json", 1, 12.0, 80.0, input_=sr.LARGE)
+    points = [*raw(1, 9.0, 100.0, 150.0), referenced(c1, 9.0, 9.0), c16, c64]
+    assert sr.large_over_small([*points, referenced(large, 6.0, 6.0)], 1, MODEL)[0] == (
+        pytest.approx(1.5)
+    )
+    plain = point(1, sr.CIDSERVE, "json", 1, 12.0, 80.0, input_=sr.LARGE)
+    assert sr.large_over_small([*points, plain], 1, MODEL)[0] == pytest.approx(1.0)
+    verdicts = {v.target: v for v in sr.targets([*points, referenced(large, 6.0, 6.0)], [MODEL])}
+    assert verdicts["1024x768 p50 <= 1.3x 224x224 (json, c=1)"].value.value == pytest.approx(1.5)
+    # the row of the large photo has no ratio to raw (raw decodes the 224x224 photo)
+    rows = sr.build_rows([*points, referenced(large, 6.0, 6.0)])
+    large_row = next(r for r in rows if r.input == sr.LARGE)
+    assert large_row.p50_over_raw.value is None
