@@ -393,13 +393,20 @@ def test_affinity_cuts_the_fleet_miss_rate_and_a_stopped_replica_costs_only_its_
     print(rr.row("round robin"))
     print(aff.row("model affinity"))
     assert aff.miss_rate <= 0.10, aff.row("model affinity")
-    assert aff.miss_rate <= rr.miss_rate / 3, (rr.row("round robin"), aff.row("affinity"))
 
     # Each model has a home replica (the hottest may spill to a second one). Nine keys on a
     # three-node ring leave a node without a home now and then (the model ids, hence the
     # ring positions, change with each publish): at least two replicas are homes.
     homes = {mid: home(aff.run, mid) for mid in model_ids}
     assert len(set(homes.values())) >= 2, homes
+    # Three homes use every replica's cache: a third of round robin's misses at most; two
+    # homes hold the nine models in two caches of three, so some keep missing: half.
+    factor = 3 if len(set(homes.values())) == len(REPLICAS) else 2
+    assert aff.miss_rate <= rr.miss_rate / factor, (
+        rr.row("round robin"),
+        aff.row("affinity"),
+        dict(Counter(homes.values())),
+    )
     print("models per home:", dict(Counter(homes.values())))
 
     # Stop a replica mid-stream: nothing fails, its models move (each to one survivor) and
