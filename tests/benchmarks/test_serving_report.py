@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import serving_report as sr
 
 MODEL = "efficientnet-lite0"
+MACHINE = {"cpu_model": "cpu", "logical_cpus": 2, "usable_cpus": 2, "memory_gb": 1, "kernel": "k"}
 
 
 def point(
@@ -147,13 +148,7 @@ def test_markdown_has_a_table_per_model_and_the_targets() -> None:
         "command": "run_all.py",
         "date_utc": "now",
         "wall_s": 1.0,
-        "machine": {
-            "cpu_model": "cpu",
-            "logical_cpus": 2,
-            "usable_cpus": 2,
-            "memory_gb": 1,
-            "kernel": "k",
-        },
+        "machine": MACHINE,
         "load_average_start": [0.5, 0.4, 0.3],
         "load_average_end": [0.6, 0.4, 0.3],
         "versions": {"onnxruntime": "1"},
@@ -261,13 +256,7 @@ def test_references_are_shown_and_old_points_still_load() -> None:
         "command": "run_all.py",
         "date_utc": "now",
         "wall_s": 1.0,
-        "machine": {
-            "cpu_model": "cpu",
-            "logical_cpus": 2,
-            "usable_cpus": 2,
-            "memory_gb": 1,
-            "kernel": "k",
-        },
+        "machine": MACHINE,
         "load_average_start": [],
         "load_average_end": [],
         "versions": {},
