@@ -399,6 +399,13 @@ class Settings(BaseSettings):
         le=10_000,
         description="Bound on every Redis call (pool wait, connect, round trip).",
     )
+    redis_replay_timeout_ms: float = Field(
+        250.0,
+        ge=0.5,
+        le=10_000,
+        description="Bound on recording a signed request's nonce. The replay store fails "
+        "closed (503), so it waits longer than the cache calls, which bypass Redis instead.",
+    )
     redis_prefix: str = Field(
         "cidserve:",
         min_length=1,

@@ -64,9 +64,13 @@ class SignatureAuthenticator:
         metrics: Metrics | None = None,
         key_prefix: str = "nonce:",
         clock: Callable[[], float] | None = None,
+        store_timeout_s: float = 0.25,
     ) -> None:
         self.kv = kv
         self.skew_s = skew_s
+        # The replay store fails closed, so its call gets a looser bound than the cache's
+        # (which bypasses): a busy event loop or Redis must not turn licensees away.
+        self.store_timeout_s = store_timeout_s
         self.metrics = metrics
         self.key_prefix = key_prefix
         self._now = time.time if clock is None else clock
@@ -160,7 +164,9 @@ class SignatureAuthenticator:
         key = f"{self.key_prefix}{signer.lower()}:{nonce}"
         try:
             # Remembered for longer than any timestamp stays acceptable (both directions).
-            fresh = await self.kv.set_nx(key, b"1", 2 * self.skew_s + 5)
+            fresh = await self.kv.set_nx(
+                key, b"1", 2 * self.skew_s + 5, timeout_s=self.store_timeout_s
+            )
         except KVUnavailable as exc:
             log.error("nonce store unavailable, refusing signed requests: %s", exc)
             raise DependencyUnavailable(

@@ -39,5 +39,10 @@ def build_chain_licensing(
         artifact=artifact,
         trusted_minters=settings.trusted_minters,
     )
-    authenticator = SignatureAuthenticator(kv, skew_s=settings.signature_skew_s, metrics=metrics)
+    authenticator = SignatureAuthenticator(
+        kv,
+        skew_s=settings.signature_skew_s,
+        metrics=metrics,
+        store_timeout_s=settings.redis_replay_timeout_ms / 1000,
+    )
     return backend, authenticator

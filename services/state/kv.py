@@ -27,8 +27,14 @@ class KeyValueStore(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None: ...
 
-    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
-        """Set only if absent; True when this call set it (``SET NX EX``)."""
+    async def set_nx(
+        self, key: str, value: bytes, ttl_s: float, *, timeout_s: float | None = None
+    ) -> bool:
+        """Set only if absent; True when this call set it (``SET NX EX``).
+
+        ``timeout_s`` overrides the store's own bound on the call (a caller that fails closed
+        on :class:`KVUnavailable` waits longer than one that can bypass the store).
+        """
         ...
 
     async def delete(self, key: str) -> None: ...
@@ -99,7 +105,9 @@ class MemoryKV:
         while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._data)))
 
-    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
+    async def set_nx(
+        self, key: str, value: bytes, ttl_s: float, *, timeout_s: float | None = None
+    ) -> bool:
         if not self._expired(key, time.monotonic()):
             return False
         await self.set(key, value, ttl_s)

@@ -138,14 +138,18 @@ class RedisKV:
         self.prefix = prefix
         self.timeout_s = timeout_ms / 1000
         self.backoff_s = backoff_ms / 1000
+        # Each call is bounded by run()'s own timeout (this store's, or a longer one a caller
+        # asks for); the pool's and the socket's are only a safety net behind it. They must be
+        # longer than any call's bound: a socket read cut at 50 ms would fail a call allowed
+        # 250 ms, and a pool wait cut early would read as a refused connection (which trips
+        # the back-off at once) rather than as a timeout.
+        net_s = max(10.0, 2 * self.timeout_s)
         self._pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            # Longer than the call's own bound, so a busy pool reads as a timeout (which
-            # must repeat to trip the back-off), not as a refused connection.
-            timeout=self.timeout_s * 2,
-            socket_timeout=max(self.timeout_s, 0.05),
-            socket_connect_timeout=max(self.timeout_s, 0.05),
+            timeout=net_s,
+            socket_timeout=net_s,
+            socket_connect_timeout=net_s,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
@@ -188,11 +192,12 @@ class RedisKV:
             if now < self._retry_at:
                 raise KVUnavailable(f"redis unavailable: {self._last_error}")
             self._retry_at = now + self.backoff_s  # one probe per back-off
+        bound = timeout_s or self.timeout_s
         try:
-            async with asyncio.timeout(timeout_s or self.timeout_s):
+            async with asyncio.timeout(bound):
                 result = await op(self.client)
         except (TimeoutError, RedisError, OSError) as exc:
-            self._failed(exc)
+            self._failed(exc, bound)
             if not _is_timeout(exc):
                 # The server closed or reset a connection (a restart): the other idle
                 # connections of the pool are just as dead. Drop them now, or each would fail
@@ -214,11 +219,11 @@ class RedisKV:
         with contextlib.suppress(Exception):
             await self._pool.disconnect(inuse_connections=False)
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, bound_s: float) -> None:
         self.failures += 1
         timeout = _is_timeout(exc)
         self._last_error = (
-            f"no answer within {self.timeout_s * 1000:g} ms"
+            f"no answer within {bound_s * 1000:g} ms"
             if isinstance(exc, TimeoutError)
             else f"{type(exc).__name__}: {exc}"
         )
@@ -248,9 +253,13 @@ class RedisKV:
         k = self.key(key)
         await self.run(lambda r: r.set(k, value, px=_ms(ttl_s)))
 
-    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
+    async def set_nx(
+        self, key: str, value: bytes, ttl_s: float, *, timeout_s: float | None = None
+    ) -> bool:
         k = self.key(key)
-        return bool(await self.run(lambda r: r.set(k, value, px=_ms(ttl_s), nx=True)))
+        return bool(
+            await self.run(lambda r: r.set(k, value, px=_ms(ttl_s), nx=True), timeout_s=timeout_s)
+        )
 
     async def delete(self, key: str) -> None:
         k = self.key(key)
@@ -319,16 +328,24 @@ class RedisBucket:
         k = self._k(key)
         return await self.kv.run(lambda r: r.get(k))  # type: ignore[no-any-return]
 
-    async def _put(self, key: str, value: bytes, ttl_s: float, nx: bool) -> bool:
+    async def _put(
+        self, key: str, value: bytes, ttl_s: float, nx: bool, timeout_s: float | None = None
+    ) -> bool:
         keys = [self._k(key), *self._meta]
         args: list[Any] = [value, _ms(ttl_s), self.max_entries, self.max_bytes, int(nx)]
-        return bool(await self.kv.run(lambda _r: self.kv._bucket_set(keys=keys, args=args)))
+        return bool(
+            await self.kv.run(
+                lambda _r: self.kv._bucket_set(keys=keys, args=args), timeout_s=timeout_s
+            )
+        )
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         await self._put(key, value, ttl_s, nx=False)
 
-    async def set_nx(self, key: str, value: bytes, ttl_s: float) -> bool:
-        return await self._put(key, value, ttl_s, nx=True)
+    async def set_nx(
+        self, key: str, value: bytes, ttl_s: float, *, timeout_s: float | None = None
+    ) -> bool:
+        return await self._put(key, value, ttl_s, nx=True, timeout_s=timeout_s)
 
     async def delete(self, key: str) -> None:
         keys = [self._k(key), *self._meta]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from services.chain.signing import (
 from services.errors import DependencyUnavailable, SignatureRejected
 from services.http.errors import describe
 from services.settings import SettingsError, load_settings
-from services.state.kv import MemoryKV
+from services.state.kv import KVUnavailable, MemoryKV
 from services.state.redis_kv import RedisKV
 from tests.harness import free_port
 from tests.redis_support import REDIS_URL, delete_prefix, require_redis, unique_prefix
@@ -355,6 +356,33 @@ def test_nonce_store_down_fails_closed_with_503():
     reply = describe(info.value)
     assert reply.status == 503
     assert "Retry-After" in reply.headers
+
+
+def test_a_redis_slower_than_the_cache_bound_still_records_the_nonce(tmp_path):
+    """Redis stalls for 150 ms: a cache call (5 ms bound) gives up, but the replay store, which
+    fails closed, waits out the stall and the licensee's signed request is accepted."""
+    from tests.redis_support import RedisServer
+
+    async def run(server: RedisServer) -> tuple[str, object]:
+        kv = RedisKV(server.url, prefix="t:", timeout_ms=5, backoff_ms=50)
+        try:
+            assert await kv.connect()
+            server.pause()
+            threading.Timer(0.15, server.resume).start()
+            try:
+                await kv.get("anything")
+                cache = "answered"
+            except KVUnavailable as exc:
+                cache = str(exc)
+            auth = SignatureAuthenticator(kv, skew_s=60, store_timeout_s=2.0)
+            return cache, await auth.authenticate(req(signed()))
+        finally:
+            await kv.aclose()
+
+    with RedisServer(tmp_path) as server:
+        cache, caller = asyncio.run(run(server))
+    assert "no answer within 5 ms" in cache
+    assert caller is not None and caller.address == ALICE.address  # type: ignore[attr-defined]
 
 
 def test_replay_to_another_replica_is_refused_through_shared_redis():
