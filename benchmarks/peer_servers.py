@@ -1,7 +1,10 @@
 """The peer serving systems of the side-by-side benchmark: their venvs, requests and servers.
 
 Peers (:data:`NAMES`): KServe, Seldon MLServer, Triton Inference Server through PyTriton,
-LitServe, BentoML and Ray Serve. Each is pip-installed into its own virtualenv under
+LitServe, BentoML and Ray Serve, and :data:`FLOOR`, which is not a serving system but a
+yardstick: raw ONNX Runtime's own work behind the least HTTP a Python server can add
+(``peers/floor/floor_server.py``; it runs in cidserve's environment and is never ranked as a
+peer). Each peer is pip-installed into its own virtualenv under
 ``benchmarks/.venvs/<name>`` (git-ignored; created once from
 ``benchmarks/peers/<name>/requirements.txt`` and reused while that file and
 ``benchmarks/peers/constraints.txt`` are unchanged) with the machine's pip. Every venv has the
@@ -44,6 +47,7 @@ import numpy as np
 from peers.imageprep import ImageParams, Preprocessor
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 PEERS_DIR = HERE / "peers"
 VENVS_DIR = HERE / ".venvs"
 HOST = "127.0.0.1"
@@ -89,8 +93,12 @@ SETTINGS: dict[str, Settings] = {
     "litserve": Settings(intra_op_threads=1, workers=2),
     "bentoml": Settings(intra_op_threads=1, workers=2),
     "rayserve": Settings(intra_op_threads=1, workers=2),
+    # Two inference threads a core; a run alone takes a session of one thread a core.
+    "floor": Settings(intra_op_threads=1, workers=4),
 }
 NAMES: tuple[str, ...] = tuple(SETTINGS)
+FLOOR = "floor"
+"""Raw's work behind minimal HTTP: measured like a peer, reported apart, never ranked."""
 PACKAGES = {
     "kserve": "kserve",
     "mlserver": "mlserver",
@@ -98,6 +106,7 @@ PACKAGES = {
     "litserve": "litserve",
     "bentoml": "bentoml",
     "rayserve": "ray",
+    "floor": "httptools",
 }
 START_TIMEOUT_S = {"rayserve": 300.0}
 DEFAULT_START_TIMEOUT_S = 180.0
@@ -107,6 +116,8 @@ DEFAULT_START_TIMEOUT_S = 180.0
 
 
 def venv_python(name: str) -> Path:
+    if name == FLOOR:  # cidserve's own environment: raw's preprocessing, no install
+        return Path(sys.executable)
     return VENVS_DIR / name / "bin" / "python"
 
 
@@ -122,6 +133,8 @@ def ensure_venv(name: str) -> Path:
     A stamp file holds the hash of the requirements (and constraints) it was built from;
     torch is never asked for, and an install that pulled it in anyway is refused.
     """
+    if name == FLOOR:
+        return venv_python(name)
     reqs = PEERS_DIR / name / "requirements.txt"
     digest = _requirements_digest(reqs)
     venv = VENVS_DIR / name
@@ -182,18 +195,20 @@ def peer_versions(name: str) -> dict[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class ServedModel:
-    """One model a peer serves: its ONNX file and how a photo becomes its input."""
+    """One model a peer serves: its ONNX file and how a photo becomes its input
+    (``metadata``: the published ``metadata.json``, which the floor preprocesses with)."""
 
     onnx: Path
     image: ImageParams
+    metadata: str = ""
 
     @classmethod
     def from_metadata(cls, onnx_path: Path, metadata: Any) -> ServedModel:
         """From cidserve's ``ModelMetadata`` of the published model (cidserve's venv)."""
-        return cls(Path(onnx_path), image_params(metadata))
+        return cls(Path(onnx_path), image_params(metadata), metadata.model_dump_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {"onnx": str(self.onnx), "image": self.image.to_json()}
+        return {"onnx": str(self.onnx), "image": self.image.to_json(), "metadata": self.metadata}
 
 
 def image_params(metadata: Any) -> ImageParams:
@@ -343,6 +358,16 @@ def _bentoml_request(model: str, jpeg: bytes) -> Request:
     return Request("/classify", body, headers, _top1_indices)
 
 
+def _floor_request(model: str, jpeg: bytes) -> Request:
+    """cidserve's own JSON body (``POST /api/inference/execute``, the photo in base64)."""
+    doc = {
+        "model_id": model,
+        "input_data": {"format": "base64_jpeg", "content": _b64(jpeg)},
+        "options": {"top_k": 5},
+    }
+    return Request("/api/inference/execute", json.dumps(doc).encode(), JSON_HEADERS, _top1_indices)
+
+
 def _rayserve_request(model: str, jpeg: bytes) -> Request:
     return Request(f"/{model}", jpeg, {"content-type": "image/jpeg"}, _top1_indices)
 
@@ -354,6 +379,7 @@ _REQUESTS: dict[str, Callable[[str, bytes], Request]] = {
     "litserve": _litserve_request,
     "bentoml": _bentoml_request,
     "rayserve": _rayserve_request,
+    "floor": _floor_request,
 }
 
 
@@ -435,6 +461,7 @@ def _command(
             str(port),
         ]
     scripts = {
+        "floor": "floor_server.py",
         "pytriton": "triton_server.py",
         "litserve": "photo_server.py",
         "rayserve": "serve_app.py",
@@ -450,7 +477,7 @@ def _environment(name: str, py: Path, port: int, models_file: Path, token: str) 
         BENCH_PORT=str(port),
         BENCH_INTRA_OP_THREADS=str(settings.intra_op_threads),
         BENCH_WORKERS=str(settings.workers),
-        PYTHONPATH=f"{PEERS_DIR / name}:{PEERS_DIR}",
+        PYTHONPATH=f"{PEERS_DIR / name}:{PEERS_DIR}" + (f":{ROOT}" if name == FLOOR else ""),
         PATH=f"{py.parent}:{env.get('PATH', '')}",
         BENTOML_DO_NOT_TRACK="true",
         BENTOML_HOME=str(models_file.parent / "bentoml-home"),
@@ -612,6 +639,10 @@ _PATHS = {
     "rayserve": "Ray Serve deployment (benchmarks/peers/rayserve): the photo as the raw body "
     "(image/jpeg), one application a model, Ray Serve's throughput-optimized mode; "
     "workers = replicas a model",
+    "floor": "not a serving system: raw's work (cidserve's preprocessing, a session built as "
+    "raw's, top 5 by NumPy) behind the least HTTP a Python server adds "
+    "(benchmarks/peers/floor): cidserve's JSON body, uvloop + httptools, orjson, one hand-off "
+    "to a thread pool, a run alone on a session of one thread a core; workers = threads",
 }
 
 
@@ -622,6 +653,6 @@ def describe() -> dict[str, Any]:
         "(benchmarks/peers/imageprep.py), runs ONNX Runtime on the CPU and answers the top 5"
     )
     return {
-        name: {"path": _PATHS[name] + common, **asdict(settings)}
+        name: {"path": _PATHS[name] + ("" if name == FLOOR else common), **asdict(settings)}
         for name, settings in SETTINGS.items()
     }

@@ -730,7 +730,8 @@ def peer_round(bench: Bench, round_: int, name: str) -> None:
         if name not in bench.versions:
             bench.versions[name] = peer_servers.peer_versions(name)
         for key, req in requests.items():
-            names = (key, name, sr.PEER_PATH, sr.SMALL)
+            path = sr.FLOOR_PATH if name == peer_servers.FLOOR else sr.PEER_PATH
+            names = (key, name, path, sr.SMALL)
             concurrency = (sr.LATENCY_C, sr.LOAD_C)
             measure_series(bench, round_, names, server.base, req, concurrency, running)
     finally:

@@ -36,6 +36,7 @@ CIDSERVE = "cidserve"
 CACHE = "cidserve, cache hit"
 CIDSERVE_PATHS = ("json", "jpeg", "v2")
 PEER_PATH = "image"
+FLOOR_PATH = "floor"  # the floor's series: measured as a peer's, never ranked among them
 SMALL = "224x224"
 LARGE = "1024x768"
 LATENCY_C = 1

@@ -120,3 +120,42 @@ def test_a_model_without_image_preprocessing_is_refused(tmp_path: Path) -> None:
     metadata = publish(tmp_path, [1, 3, 224, 224], preset="none")
     with pytest.raises(ValueError, match="shorter_side"):
         peer_servers.ServedModel.from_metadata(tmp_path / "tiny.onnx", metadata)
+
+
+def test_floor_serves_raw_work_over_http(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    """The floor yardstick starts in cidserve's environment with no install, answers
+    cidserve's JSON body with the class raw ONNX Runtime ranks first for the same photo, and
+    refuses a body it cannot read with a 400."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from preprocessing import ImagePayload, Limits, create
+    from tests.harness import free_port
+
+    metadata = publish(tmp_path, [1, 3, 224, 224], preset="efficientnet-lite")
+    served = peer_servers.ServedModel.from_metadata(tmp_path / "tiny.onnx", metadata)
+    photo = photos["1024x768"]
+    probe = peer_servers.image_request(peer_servers.FLOOR, "tiny", photo)
+    server = peer_servers.start(
+        peer_servers.FLOOR, {"tiny": served}, tmp_path / "floor", free_port, {"tiny": probe}
+    )
+    try:
+        status, body = peer_servers.post(server.base + probe.path, probe.body, probe.headers, 10)
+        assert status == 200
+        feeds = create(metadata, Limits())(ImagePayload(photo)).feeds
+        session = ort.InferenceSession(str(tmp_path / "tiny.onnx"))
+        scores = session.run(None, feeds)[0].reshape(-1)
+        assert probe.top1(body) == int(np.argmax(scores))
+        assert len(json.loads(body)["indices"]) == 5
+
+        status, body = peer_servers.post(
+            server.base + probe.path, b'{"model_id": "tiny"}', probe.headers, 10
+        )
+        assert status == 400 and b"input_data" in body
+        status, _ = peer_servers.post(server.base + "/elsewhere", probe.body, probe.headers, 10)
+        assert status == 404
+    finally:
+        peer_servers.stop(server)
+    assert server.proc.poll() is not None

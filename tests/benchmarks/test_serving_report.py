@@ -134,6 +134,11 @@ def test_peer_targets_take_the_best_peer_of_each_round() -> None:
             point(1, name, sr.PEER_PATH, 16, p50 * 10, rps),
         ]
     points.append(point(1, "bentoml", sr.PEER_PATH, 16, 1.0, 500.0, errors=5))  # failed: ignored
+    # The floor yardstick is faster than every peer but is not one: never the best peer.
+    points += [
+        point(1, "floor", sr.FLOOR_PATH, 1, 5.0, 200.0),
+        point(1, "floor", sr.FLOOR_PATH, 16, 50.0, 400.0),
+    ]
     verdicts = {v.target: v for v in sr.targets(points, [MODEL])}
     latency = verdicts["p50 at c=1 <= 0.6x the best peer's"]
     assert latency.value.value == pytest.approx(10 / 16) and latency.met is False
