@@ -14,7 +14,9 @@ Contenders, one after the other in every round (``--rounds``, default 3):
   BYTES tensor in binary tensor data, top-5 through the classification extension). Also: the
   1024x768 JPEG via ``json`` at c=1, and a second cidserve with the prediction cache on,
   answering the same 224x224 JSON body from its cache (c=1 and c=16).
-* every peer of ``peer_servers.NAMES``: the same photo, sent the peer's idiomatic way.
+* every peer of ``peer_servers.NAMES``: the same photo, sent the peer's idiomatic way; among
+  them ``floor`` (``peer_servers.FLOOR``), raw's own work behind minimal HTTP: a yardstick for
+  what HTTP alone costs, reported under the path ``floor`` and never ranked as a peer.
 
 Each server is started, measured and stopped in turn (a model load at start is not measured).
 Load: ``wrk`` with ``wrk_post.lua`` (1 thread at c=1, 2 above), a warm-up before each point;
