@@ -203,9 +203,7 @@ class ModelRunner:
         # One hop back to the loop when the job ends: the worker's done-callback schedules
         # _settle, which frees the job's place in the pool and hands its outcome to the waiter
         # (unless the deadline or a cancellation answered first).
-        job.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(_settle, occupancy, done, waiter)
-        )
+        job.add_done_callback(functools.partial(_back_to_loop, loop, occupancy, waiter))
         timer = loop.call_later(timeout_s, _expire, waiter, run, job, timeout_s)
         try:
             result = await waiter
